@@ -1,0 +1,56 @@
+# VMR: every step sets itself up (a venv keyed on requirements.txt + pyproject.toml).
+PYTHON ?= python3.11
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed-$(shell cat requirements.txt pyproject.toml | sha256sum | cut -c1-16)
+
+VIDEOS ?= videos
+OUT ?= features
+FEATURES ?= resnet clip vggish
+DEVICE ?= cpu
+ARGS ?=
+PYTEST_ARGS ?=
+
+.PHONY: setup sysdeps test demo features weights bench lists notebooks
+
+setup: $(STAMP)
+
+$(STAMP): requirements.txt pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q -r requirements.txt
+	$(PY) -m pip install -q --no-deps --no-build-isolation -e .
+	rm -f $(VENV)/.installed-*
+	touch $@
+
+# System packages the tests drive for real: a one-node Slurm cluster and headless Chromium.
+SYS_PKGS := slurmctld slurmd slurm-client munge chromium chromium-driver
+sysdeps:
+	@missing=""; for p in $(SYS_PKGS); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
+	if [ -z "$$missing" ]; then exit 0; fi; \
+	if [ "$$(id -u)" = 0 ]; then \
+		echo "installing:$$missing"; \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$missing >/dev/null; \
+	else \
+		echo "not root: install$$missing with apt-get to run the Slurm and browser tests (they are skipped)"; \
+	fi
+
+test: setup sysdeps
+	$(PY) -m pytest --durations=15 $(PYTEST_ARGS)
+
+demo: setup
+	$(PY) -m vmnet.demo $(ARGS)
+
+features: setup
+	$(PY) feature_extraction/extract.py --videos $(VIDEOS) --out $(OUT) --features $(FEATURES) --device $(DEVICE) $(ARGS)
+
+weights: setup
+	$(PY) feature_extraction/weights.py --download all
+
+bench: setup
+	$(PY) bench/run.py --out bench/results.json
+
+lists: setup
+	$(PY) lists/himv.py
+
+notebooks: setup
+	$(PY) -m vmnet.notebooks --demo_dir $${VMR_DEMO_DIR:-demo_out}

@@ -1,0 +1,1 @@
+"""Feature extraction: one decode pass per video feeding every requested extractor."""
