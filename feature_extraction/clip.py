@@ -1,0 +1,178 @@
+"""CLIP ViT-B/32 image features, one 512-d row per second (token `clip`).
+
+Our own visual encoder (the architecture of openai/CLIP's VisionTransformer: patch conv, class
+token, pre-LN transformer with QuickGELU, ln_post(CLS) @ proj) loading OpenAI's TorchScript
+archive ViT-B-32.pt. Only the `visual.*` tensors are used, cast to float32, so CPU and GPU runs
+agree (OpenAI's loader runs fp16 on CUDA). Widths, layers and patch size come from the tensor
+shapes (heads = width // 64, as OpenAI's build_model), so tiny test archives load too.
+Rows are not L2-normalised unless --clip_l2 (folder clip_l2).
+Preprocessing is CLIP's: short side to 224 (bicubic, antialiased as PIL), center crop, CLIP mean/std.
+"""
+import math
+import warnings
+from collections import OrderedDict
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from feature_extraction.atomic import atomic_path
+from feature_extraction.framewise import FramewiseExtractor, ImagePreprocess, provenance
+
+CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
+CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
+
+
+class QuickGELU(nn.Module):
+    def forward(self, x):
+        return x * torch.sigmoid(1.702 * x)
+
+
+class ResidualAttentionBlock(nn.Module):
+    def __init__(self, width, heads):
+        super().__init__()
+        self.attn = nn.MultiheadAttention(width, heads, batch_first=True)
+        self.ln_1 = nn.LayerNorm(width)
+        self.mlp = nn.Sequential(OrderedDict(
+            c_fc=nn.Linear(width, 4 * width), gelu=QuickGELU(), c_proj=nn.Linear(4 * width, width)))
+        self.ln_2 = nn.LayerNorm(width)
+
+    def forward(self, x):
+        h = self.ln_1(x)
+        x = x + self.attn(h, h, h, need_weights=False)[0]
+        return x + self.mlp(self.ln_2(x))
+
+
+class Transformer(nn.Module):
+    def __init__(self, width, layers, heads):
+        super().__init__()
+        self.resblocks = nn.Sequential(*[ResidualAttentionBlock(width, heads) for _ in range(layers)])
+
+    def forward(self, x):
+        return self.resblocks(x)
+
+
+class VisionTransformer(nn.Module):
+    """(N, 3, R, R) normalised images -> (N, output_dim) = ln_post(CLS) @ proj."""
+
+    def __init__(self, resolution=224, patch=32, width=768, layers=12, heads=12, output_dim=512):
+        super().__init__()
+        self.resolution = resolution
+        self.conv1 = nn.Conv2d(3, width, kernel_size=patch, stride=patch, bias=False)
+        self.class_embedding = nn.Parameter(torch.zeros(width))
+        self.positional_embedding = nn.Parameter(torch.zeros((resolution // patch) ** 2 + 1, width))
+        self.ln_pre = nn.LayerNorm(width)
+        self.transformer = Transformer(width, layers, heads)
+        self.ln_post = nn.LayerNorm(width)
+        self.proj = nn.Parameter(torch.zeros(width, output_dim))
+
+    def forward(self, x):
+        x = self.conv1(x).flatten(2).transpose(1, 2)  # (N, grid*grid, width)
+        cls = self.class_embedding.to(x.dtype).expand(x.shape[0], 1, -1)
+        x = torch.cat([cls, x], dim=1) + self.positional_embedding.to(x.dtype)
+        x = self.transformer(self.ln_pre(x))
+        return self.ln_post(x[:, 0]) @ self.proj
+
+
+def build_visual(state_dict):
+    """Our VisionTransformer, in float32, from the `visual.*` tensors of an OpenAI CLIP state dict."""
+    state = {k.removeprefix("visual."): v.float() for k, v in state_dict.items() if k.startswith("visual.")}
+    width, _, patch, _ = state["conv1.weight"].shape
+    grid = round(math.sqrt(state["positional_embedding"].shape[0] - 1))
+    layers = sum(k.endswith(".attn.in_proj_weight") for k in state)
+    model = VisionTransformer(patch * grid, patch, width, layers, max(1, width // 64), state["proj"].shape[1])
+    model.load_state_dict(state)
+    return model.eval()
+
+
+def read_state_dict(path):
+    """All tensors of an OpenAI CLIP TorchScript archive (torch.jit.load; its deprecation warning silenced)."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        archive = torch.jit.load(str(path), map_location="cpu")
+    return archive.state_dict()
+
+
+def load_visual(path):
+    return build_visual(read_state_dict(path))
+
+
+class _Archive(nn.Module):
+    """The tensors of OpenAI's CLIP module under their official names; scripted for write_random_checkpoint."""
+
+    def __init__(self, resolution, patch, width, layers, embed_dim, text_width, text_layers, vocab_size,
+                 context_length):
+        super().__init__()
+        self.visual = VisionTransformer(resolution, patch, width, layers, max(1, width // 64), embed_dim)
+        self.transformer = Transformer(text_width, text_layers, max(1, text_width // 64))
+        self.token_embedding = nn.Embedding(vocab_size, text_width)
+        self.positional_embedding = nn.Parameter(torch.zeros(context_length, text_width))
+        self.ln_final = nn.LayerNorm(text_width)
+        self.text_projection = nn.Parameter(torch.zeros(text_width, embed_dim))
+        self.logit_scale = nn.Parameter(torch.tensor(math.log(1 / 0.07)))
+        self.register_buffer("input_resolution", torch.tensor(resolution))
+        self.register_buffer("context_length", torch.tensor(context_length))
+        self.register_buffer("vocab_size", torch.tensor(vocab_size))
+
+    def forward(self, image):
+        return self.visual(image)
+
+
+def write_random_checkpoint(path, seed, resolution=224, patch=32, width=768, layers=12, embed_dim=512,
+                            text_width=512, text_layers=12, vocab_size=49408, context_length=77):
+    """Seeded random CLIP as a TorchScript archive with OpenAI's names, shapes and fp16 tensors.
+
+    Defaults are ViT-B/32; smaller sizes make tiny archives for tests. Scales follow OpenAI's
+    initialisation (width^-0.5 embeddings, depth-scaled projections); LayerNorms get random
+    gains and biases so that a swapped or missing LN tensor changes the output.
+    """
+    torch.manual_seed(seed)
+    model = _Archive(resolution, patch, width, layers, embed_dim, text_width, text_layers, vocab_size,
+                     context_length)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            owner, _, kind = name.rpartition(".")
+            module = owner.rpartition(".")[2]
+            layers_here = text_layers if name.startswith("transformer.") else layers
+            if module.startswith("ln_") and kind == "weight":
+                p.uniform_(0.8, 1.2)
+            elif kind in ("bias", "in_proj_bias"):
+                p.normal_(0, 0.02)
+            elif name == "visual.conv1.weight":
+                nn.init.kaiming_normal_(p)
+            elif kind == "in_proj_weight" or module == "c_fc":
+                p.normal_(0, p.shape[1] ** -0.5)
+            elif module in ("out_proj", "c_proj"):
+                p.normal_(0, p.shape[1] ** -0.5 * (2 * layers_here) ** -0.5)
+            elif name.startswith("visual."):  # class_embedding, positional_embedding, proj
+                p.normal_(0, width ** -0.5)
+            elif name == "text_projection":
+                p.normal_(0, text_width ** -0.5)
+            elif name in ("token_embedding.weight", "positional_embedding"):
+                p.normal_(0, 0.02 if name.startswith("token") else 0.01)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        scripted = torch.jit.script(model.half().eval())
+    with atomic_path(path) as tmp:
+        scripted.save(str(tmp))
+    return path
+
+
+def add_arguments(parser):
+    parser.add_argument("--clip_l2", action="store_true",
+                        help="L2-normalise CLIP rows (folder clip_l2); by default rows are the raw "
+                        "ln_post(CLS) @ proj as video_features writes them (folder clip)")
+
+
+def build(args):
+    from feature_extraction.weights import checkpoint_path
+
+    l2 = getattr(args, "clip_l2", False)
+    visual = load_visual(checkpoint_path("clip_vit_b32", args.weights)).to(args.device)
+    model = (lambda x: F.normalize(visual(x), dim=-1)) if l2 else visual
+    preprocess = ImagePreprocess(visual.resolution, visual.resolution, "bicubic", CLIP_MEAN, CLIP_STD)
+    folder = "clip_l2" if l2 else "clip"
+    info = provenance("clip_vit_b32", "clip_vit_b32", args.weights,
+                      {"l2": l2, "precision": "float32", "frame_offset": 0.5,
+                       "preprocess": f"resize{visual.resolution}-bicubic-antialias/crop/clip-norm"})
+    return FramewiseExtractor("clip", folder, model, preprocess, info, args.batch_size, args.device)

@@ -1,0 +1,247 @@
+"""Extract per-second features: each video is decoded once and feeds every requested feature.
+
+    python feature_extraction/extract.py --videos DIR_OR_LIST --out OUT --features resnet clip vggish
+
+Writes OUT/<folder>/<id>.npy (float32 (T, D), id = the file's stem), OUT/<folder>/_feature.json
+(model, checkpoint, sha256, weights, options, rate) and the derived OUT/manifest.json.
+Videos whose files all exist are skipped, so a killed run resumes with the same command.
+A bad input prints `path: reason`; the run goes on and exits non-zero with `N failed`.
+"""
+import argparse
+import importlib
+import json
+import shutil
+import signal
+import sys
+import time
+from pathlib import Path
+
+from feature_extraction.base import InputError
+
+TOKENS = {
+    "resnet": "feature_extraction.resnet",
+    "clip": "feature_extraction.clip",
+    "vggish": "feature_extraction.vggish",
+    "i3d": "feature_extraction.i3d",
+    "flow": "feature_extraction.flowProcessor",
+    "avpeaks": "feature_extraction.avpeaks",
+}
+VIDEO_SUFFIXES = {".mp4", ".m4v", ".mkv", ".webm", ".mov", ".avi", ".flv", ".mpg", ".mpeg", ".ts", ".wmv", ".3gp",
+                  ".ogv"}
+LIST_SUFFIXES = {".txt", ".lst", ".list", ".csv"}
+
+
+def feature_modules():
+    """{token: module}, imported here (not at start-up) so that `import extract` stays cheap."""
+    return {token: importlib.import_module(name) for token, name in TOKENS.items()}
+
+
+def build_parser(modules):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--videos", nargs="+", required=True,
+                   help="video files, folders (their files with a video suffix, sorted) and/or list files "
+                        f"({', '.join(sorted(LIST_SUFFIXES))}: one path per line, relative to the working directory)")
+    p.add_argument("--out", required=True, help="output folder (one sub-folder per feature)")
+    p.add_argument("--features", nargs="+", default=["resnet", "clip", "vggish"], choices=[*modules, "all"],
+                   metavar="TOKEN", help=f"features to extract: {', '.join(modules)} or all (default: resnet clip vggish)")
+    p.add_argument("--device", default="cpu", help="torch device: cpu, cuda or cuda:N (default cpu)")
+    p.add_argument("--weights", choices=["official", "random"], default="official",
+                   help="official: published checkpoints from $VMR_CACHE (downloaded when missing); random: seeded "
+                        "random weights from $VMR_CACHE/random/ (tests and demos only; made by "
+                        "`python feature_extraction/weights.py --random`)")
+    p.add_argument("--batch_size", type=int, default=16, help="frames (or examples) per model call (default 16)")
+    p.add_argument("--max_seconds", type=float, default=None,
+                   help="decode only the first N seconds of each video (the datasets use 360)")
+    p.add_argument("--threads", type=int, default=0,
+                   help="torch CPU threads and decoder threads (default 0: the libraries' own choice)")
+    p.add_argument("--overwrite", action="store_true",
+                   help="redo videos whose files exist; a folder made with other settings is emptied first")
+    for module in modules.values():
+        module.add_arguments(p)
+    return p
+
+
+def list_videos(sources):
+    """Expand folders and list files into video paths (in order, duplicates removed)."""
+    paths = []
+    for source in map(Path, sources):
+        if source.is_dir():
+            paths += sorted(q for q in source.iterdir() if q.suffix.lower() in VIDEO_SUFFIXES and not q.name.startswith("."))
+        elif source.suffix.lower() in LIST_SUFFIXES:
+            lines = source.read_text(encoding="utf-8").splitlines()
+            paths += [Path(line.strip()) for line in lines if line.strip() and not line.lstrip().startswith("#")]
+        else:
+            paths.append(source)
+    return list(dict.fromkeys(paths))
+
+
+def duplicate_stems(paths):
+    seen = {}
+    for p in paths:
+        seen.setdefault(p.stem, []).append(p)
+    return {stem: ps for stem, ps in seen.items() if len(ps) > 1}
+
+
+def flat(d, prefix=""):
+    out = {}
+    for k, v in d.items():
+        if isinstance(v, dict):
+            out.update(flat(v, f"{prefix}{k}."))
+        else:
+            out[f"{prefix}{k}"] = v
+    return out
+
+
+def settings_text(d, keys):
+    return ", ".join(f"{k}={json.dumps(d.get(k))}" for k in keys)
+
+
+def check_folders(out, extractors, overwrite):
+    """Write each folder's _feature.json, or stop when it was made with other settings."""
+    from feature_extraction.atomic import write_json
+
+    for e in extractors:
+        for folder, meta in e.outputs().items():
+            meta = json.loads(json.dumps(meta))
+            path = out / folder / "_feature.json"
+            if path.exists():
+                old = json.loads(path.read_text(encoding="utf-8"))
+                if old == meta:
+                    continue
+                if not overwrite:
+                    a, b = flat(old), flat(meta)
+                    keys = sorted(k for k in a.keys() | b.keys() if a.get(k) != b.get(k))
+                    raise SystemExit(f"{out / folder}: made with {settings_text(a, keys)}, this run uses "
+                                     f"{settings_text(b, keys)}; use another OUT or --overwrite")
+                shutil.rmtree(out / folder)
+            write_json(path, meta)
+
+
+def write_outputs(out, files):
+    from feature_extraction.atomic import atomic_path, save_npy, write_json, write_text
+
+    for rel, content in files.items():
+        path = out / rel
+        if isinstance(content, dict):
+            write_json(path, content)
+        elif isinstance(content, bytes):
+            with atomic_path(path) as tmp:
+                tmp.write_bytes(content)
+        elif isinstance(content, str):
+            write_text(path, content)
+        else:
+            save_npy(path, content)
+
+
+def missing_reason(e, result):
+    """Why extractor `e` cannot use this video, or None."""
+    info = result.info
+    if e.wants_frames and not info.has_video:
+        return "no video stream"
+    if e.needs_audio and not info.has_audio:
+        return "no audio stream"
+    if e.wants_frames and result.t_video < 1:
+        return "shorter than 1 s of video"
+    if e.needs_audio and result.t_audio < 1:
+        return "shorter than 1 s of audio"
+    return None
+
+
+def process(path, todo, out, args):
+    """One decode pass feeding `todo`; writes what succeeds. Returns (seconds decoded, failure text or None)."""
+    from feature_extraction.decode import run_pass
+
+    result = run_pass(path, todo, args.max_seconds, args.threads)
+    reasons = {}
+    for e in todo:
+        reason = missing_reason(e, result)
+        if reason is None:
+            try:
+                write_outputs(out, e.end(result.t_video, result.t_audio))
+                continue
+            except InputError as err:
+                reason = str(err)
+        reasons.setdefault(reason, []).append(e.token)
+    if not reasons:
+        return result.seconds_decoded, None
+    if len(reasons) == 1 and len(next(iter(reasons.values()))) == len(todo):
+        return result.seconds_decoded, next(iter(reasons))
+    return result.seconds_decoded, "; ".join(f"{r} ({', '.join(tokens)})" for r, tokens in reasons.items())
+
+
+def main(argv=None):
+    t_start = time.perf_counter()
+    # scancel and Slurm's time limit send SIGTERM: leave through SystemExit so atomic writes remove their temp files
+    signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
+    modules = feature_modules()
+    args = build_parser(modules).parse_args(argv)
+    tokens = list(modules) if "all" in args.features else list(dict.fromkeys(args.features))
+    out = Path(args.out)
+
+    paths = list_videos(args.videos)
+    dups = duplicate_stems(paths)
+    if dups:
+        lines = [f"  {stem}: {', '.join(map(str, ps))}" for stem, ps in dups.items()]
+        raise SystemExit("inputs with the same id (file stem) would overwrite each other's features:\n"
+                         + "\n".join(lines))
+    if not paths:
+        raise SystemExit(f"no videos found in {' '.join(args.videos)}")
+
+    if args.threads > 0:
+        import torch
+
+        torch.set_num_threads(args.threads)
+    if args.weights == "random":
+        print("warning: --weights random: features come from seeded random weights, not the official "
+              "checkpoints; use them only for tests and demos", file=sys.stderr)
+    from feature_extraction.weights import WeightsError
+
+    t_load = time.perf_counter()
+    extractors = []
+    try:
+        for token in tokens:
+            built = modules[token].build(args)
+            extractors += built if isinstance(built, list) else [built]
+    except WeightsError as e:
+        raise SystemExit(str(e))
+    load_seconds = time.perf_counter() - t_load
+    check_folders(out, extractors, args.overwrite)
+
+    from tqdm import tqdm
+
+    failed, done, skipped, seconds = [], 0, 0, 0.0
+    t_videos = time.perf_counter()
+    for path in tqdm(paths, unit="video", desc="extract", file=sys.stderr):
+        todo = [e for e in extractors if args.overwrite or not all((out / f).exists() for f in e.files(path.stem))]
+        if not todo:
+            skipped += 1
+            continue
+        try:
+            decoded, reason = process(path, todo, out, args)
+            seconds += decoded
+        except InputError as e:
+            reason = str(e)
+        except Exception as e:  # a bug or a device error on one video must not stop the others
+            reason = f"{type(e).__name__}: {e}"
+        if reason:
+            failed.append(path)
+            tqdm.write(f"{path}: {reason}", file=sys.stderr)
+        else:
+            done += 1
+    video_seconds = time.perf_counter() - t_videos
+
+    from feature_extraction.merge import merge
+
+    merge(out)
+    speed = f", {seconds / video_seconds:.2f} s of video per second" if seconds and video_seconds else ""
+    print(f"{len(paths)} videos: {done} extracted, {skipped} already done, {len(failed)} failed; "
+          f"features {' '.join(tokens)} in {out}; {seconds:.0f} s of video in {video_seconds:.1f} s{speed}; "
+          f"model loading {load_seconds:.1f} s, total {time.perf_counter() - t_start:.1f} s")
+    if failed:
+        print(f"{len(failed)} failed", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

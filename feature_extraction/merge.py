@@ -1,0 +1,71 @@
+"""Rebuild the derived files of a feature folder from the per-video files (atomically).
+
+    python -m feature_extraction.merge OUT
+
+OUT/manifest.json lists, per sub-folder with a _feature.json, its settings and the shape of every
+array; OUT/flow/ranks.csv is rebuilt from OUT/flow/<id>.json. Extraction runs this at the end of
+every run; after parallel jobs (e.g. a Slurm array) run it once more, since no job edits these
+files in place.
+"""
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+
+from feature_extraction.atomic import write_json
+
+
+def array_shape(path):
+    """Shape from the .npy header, without reading the data."""
+    return list(np.load(path, mmap_mode="r").shape)
+
+
+def rebuild_manifest(out):
+    """{"folders": {folder: {"feature": _feature.json, "count": n, "arrays": {id: shape}}}}.
+
+    Array keys are paths under the folder without ".npy" (the id, or e.g. "video/<id>" in av_peaks).
+    """
+    out = Path(out)
+    folders = {}
+    for meta_path in sorted(out.glob("*/_feature.json")):
+        folder = meta_path.parent
+        arrays = {}
+        for npy in sorted(folder.rglob("*.npy")):
+            if not npy.name.startswith("."):
+                try:
+                    arrays[npy.relative_to(folder).with_suffix("").as_posix()] = array_shape(npy)
+                except (OSError, ValueError):
+                    continue  # unreadable: left out, and rewritten by the next run that needs it
+        folders[folder.name] = {"feature": json.loads(meta_path.read_text(encoding="utf-8")),
+                                "count": len(arrays), "arrays": arrays}
+    path = out / "manifest.json"
+    write_json(path, {"folders": folders})
+    return path
+
+
+def merge(out):
+    """Rebuild OUT/manifest.json and, when OUT/flow exists, OUT/flow/ranks.csv."""
+    out = Path(out)
+    written = [rebuild_manifest(out)]
+    if (out / "flow").is_dir():
+        from feature_extraction.flowProcessor import rebuild_ranks_csv
+
+        written.append(rebuild_ranks_csv(out / "flow"))
+    return written
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("out", help="feature folder (the --out of extract.py)")
+    args = p.parse_args(argv)
+    if not Path(args.out).is_dir():
+        raise SystemExit(f"{args.out}: not a folder")
+    for path in merge(args.out):
+        print(f"wrote {path}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

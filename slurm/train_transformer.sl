@@ -1,0 +1,25 @@
+#!/bin/bash
+# Segment Transformer training (transformer/train.py) as one job; a resubmission resumes from VMR_OUT/last.pt.
+#
+#   VMR_DATA=data/vmnet VMR_RANKS=features/flow/ranks.csv sbatch slurm/train_transformer.sl   (from the repo root)
+#   python slurm/submit.py --stage train_transformer --data data/vmnet --out runs/transformer [--gpus 1]
+#
+# Exported variables (defaults in brackets):
+#   VMR_DATA   folder written by vmnet/prepare.py: video/, audio/, train.csv, test.csv  [data/vmnet]
+#   VMR_RANKS  flowProcessor's ranks.csv (written by the features merge step)  [features/flow/ranks.csv]
+#   VMR_OUT    save dir: last.pt, best.pt, train_log.csv/.png, metrics.json  [runs/transformer]
+#   DEVICE     cpu or cuda  [cuda when a GPU is allocated (sbatch --gres=gpu:1), else cpu]
+#   ARGS       more transformer/train.py flags, e.g. "--epochs 50 --segments_from features"  []
+# The resources below are defaults; options given to sbatch on the command line win.
+#SBATCH --job-name=vmr-train-transformer
+#SBATCH --output=slurm/logs/%x-%j.out
+#SBATCH --cpus-per-task=8
+#SBATCH --mem=32G
+#SBATCH --time=24:00:00
+
+VMR_DATA=${VMR_DATA:-data/vmnet} VMR_RANKS=${VMR_RANKS:-features/flow/ranks.csv} VMR_OUT=${VMR_OUT:-runs/transformer}
+source "${VMR_REPO:-.}/slurm/common.sh"
+# shellcheck disable=SC2086  # ARGS is a word list
+"$VMR_PYTHON" transformer/train.py --train_data_dir "$VMR_DATA" --train_csv_path "$VMR_DATA/train.csv" \
+    --test_data_dir "$VMR_DATA" --test_csv_path "$VMR_DATA/test.csv" --flow_ranks "$VMR_RANKS" \
+    --save_dir "$VMR_OUT" --device "$DEVICE" --threads "$THREADS" --resume ${ARGS:-}

@@ -1,0 +1,175 @@
+"""The extraction CLI end to end: real extractors with random weights, bad inputs, resume, guards, manifest."""
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import types
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from feature_extraction import extract
+from feature_extraction.base import Extractor
+from feature_extraction.make_sample import run_ffmpeg
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+class MeanColour(Extractor):
+    """A tiny extractor: row t = mean RGB of the frame sampled for second t."""
+
+    token = "toy"
+
+    def __init__(self, scale, delay):
+        self.scale, self.delay = scale, delay
+
+    def outputs(self):
+        return {"toy": {"model": "mean colour", "checkpoint": None, "sha256": None, "weights": None,
+                        "options": {"scale": self.scale}, "rate": 1.0}}
+
+    def files(self, vid):
+        return [f"toy/{vid}.npy"]
+
+    def begin(self, info):
+        self.vid, self.rows = info.vid, []
+
+    def add_frame(self, index, frame):
+        self.rows.append(frame.rgb().reshape(-1, 3).mean(axis=0) * self.scale)
+        time.sleep(self.delay)
+
+    def end(self, t_video, t_audio):
+        return {f"toy/{self.vid}.npy": np.asarray(self.rows[:t_video], np.float32)}
+
+
+def toy_module():
+    def add_arguments(parser):
+        parser.add_argument("--toy_scale", type=float, default=1.0, help="multiplies the toy rows")
+        parser.add_argument("--toy_delay", type=float, default=0.0, help="seconds to wait per frame")
+
+    return types.SimpleNamespace(add_arguments=add_arguments,
+                                 build=lambda args: MeanColour(args.toy_scale, args.toy_delay))
+
+
+@pytest.fixture
+def toy(monkeypatch):
+    monkeypatch.setattr(extract, "feature_modules", lambda: {"toy": toy_module()})
+
+
+def test_resnet_clip_vggish_and_every_kind_of_bad_input(make_clip, tmp_path, vmr_env, capsys):
+    videos = tmp_path / "videos"
+    videos.mkdir()
+    make_clip("videos/a clip é.mp4", seconds=2.2, channels=6)
+    make_clip("videos/silent.webm", seconds=2, audio=False)
+    make_clip("videos/short.mp4", seconds=0.5)
+    cut = make_clip("videos/cut.mp4", seconds=2).read_bytes()
+    (videos / "cut.mp4").write_bytes(cut[: len(cut) // 2])
+    (videos / "notes.mp4").write_text("not a video")
+    (videos / "gone.mp4").symlink_to(tmp_path / "nowhere.mp4")
+    run_ffmpeg(["-f", "lavfi", "-i", "sine=d=2", "-c:a", "aac", videos / "tone.mp4"])
+    out = tmp_path / "features"
+
+    code = extract.main(["--videos", str(videos), "--out", str(out), "--features", "resnet", "clip", "vggish",
+                         "--weights", "random", "--threads", "1", "--batch_size", "4"])
+    err = capsys.readouterr().err
+    assert code == 1 and "6 failed" in err and "--weights random" in err
+    assert f"{videos / 'silent.webm'}: no audio stream (vggish)" in err
+    assert f"{videos / 'tone.mp4'}: no video stream (resnet, clip)" in err
+    assert f"{videos / 'short.mp4'}: shorter than 1 s of video (resnet, clip); shorter than 1 s of audio (vggish)" in err
+    assert f"{videos / 'cut.mp4'}: cannot open: " in err
+    assert f"{videos / 'notes.mp4'}: cannot open: Invalid data" in err
+    assert f"{videos / 'gone.mp4'}: cannot open: No such file" in err
+
+    for folder, dim in [("resnet101", 2048), ("clip", 512), ("vggish", 128)]:
+        rows = np.load(out / folder / "a clip é.npy")
+        assert rows.shape == (2, dim) and rows.dtype == np.float32 and rows.std() > 0
+        meta = json.loads((out / folder / "_feature.json").read_text())
+        assert meta["weights"] == "random" and meta["rate"] == 1.0
+    assert np.load(out / "resnet101" / "silent.npy").shape == (2, 2048)
+    assert not (out / "vggish" / "silent.npy").exists()
+    assert np.load(out / "vggish" / "tone.npy").shape == (2, 128)
+    assert not any((out / f / "short.npy").exists() for f in ("resnet101", "clip", "vggish"))
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["folders"]["resnet101"]["arrays"] == {"a clip é": [2, 2048], "silent": [2, 2048]}
+    assert manifest["folders"]["vggish"]["arrays"] == {"a clip é": [2, 128], "tone": [2, 128]}
+    assert manifest["folders"]["clip"]["feature"]["weights"] == "random"
+
+
+def test_resume_guard_overwrite_and_same_stem(toy, make_clip, tmp_path, capsys):
+    a, b = make_clip("a.mp4", seconds=2), make_clip("b.mkv", seconds=3)
+    out = tmp_path / "out"
+    run = lambda *more: extract.main(["--videos", str(a), str(b), "--out", str(out), "--features", "toy", *more])
+    assert run() == 0
+    rows = np.load(out / "toy" / "b.npy")
+    assert rows.shape == (3, 3) and rows.dtype == np.float32
+    stamp = (out / "toy" / "a.npy").stat().st_mtime_ns
+    assert run() == 0
+    assert "2 already done" in capsys.readouterr().out
+    assert (out / "toy" / "a.npy").stat().st_mtime_ns == stamp
+
+    with pytest.raises(SystemExit) as stop:
+        run("--toy_scale", "2")
+    assert str(stop.value) == (f"{out / 'toy'}: made with options.scale=1.0, this run uses options.scale=2.0; "
+                               "use another OUT or --overwrite")
+    (out / "toy" / "stale.npy").write_bytes((out / "toy" / "a.npy").read_bytes())
+    assert run("--toy_scale", "2", "--overwrite") == 0
+    np.testing.assert_allclose(np.load(out / "toy" / "b.npy"), rows * 2, rtol=1e-6)
+    assert not (out / "toy" / "stale.npy").exists()  # files made with the old settings are gone
+    assert json.loads((out / "manifest.json").read_text())["folders"]["toy"]["arrays"] == {"a": [2, 3], "b": [3, 3]}
+
+    other = tmp_path / "other"
+    other.mkdir()
+    twin = make_clip("other/a.webm", seconds=2)
+    with pytest.raises(SystemExit, match=r"same id.*\n  a: .*a.mp4, .*a.webm"):
+        extract.main(["--videos", str(a), str(twin), "--out", str(tmp_path / "never"), "--features", "toy"])
+    assert not (tmp_path / "never").exists()
+
+
+def test_list_file_and_help_lists_every_flag(toy, make_clip, tmp_path, monkeypatch):
+    make_clip("x.mp4", seconds=2)
+    (tmp_path / "list.txt").write_text("# videos\nx.mp4\n\n")
+    monkeypatch.chdir(tmp_path)
+    assert extract.main(["--videos", "list.txt", "--out", "out", "--features", "toy"]) == 0
+    assert (tmp_path / "out" / "toy" / "x.npy").exists()
+
+    monkeypatch.undo()
+    modules = extract.feature_modules()
+    assert set(modules) == {"resnet", "clip", "vggish", "i3d", "flow", "avpeaks"}
+    text = extract.build_parser(modules).format_help()
+    for module in modules.values():
+        import argparse
+
+        own = argparse.ArgumentParser()
+        module.add_arguments(own)
+        for action in own._actions[1:]:
+            assert action.option_strings[0] in text
+    for flag in ("--videos", "--out", "--features", "--device", "--weights", "--batch_size", "--max_seconds",
+                 "--threads", "--overwrite"):
+        assert flag in text
+
+
+def test_kill_9_mid_run_then_rerun_equals_an_uninterrupted_run(toy, make_clip, tmp_path):
+    videos = [str(make_clip(f"v{i}.mp4", seconds=2, seed=i)) for i in range(5)]
+    killed, whole = tmp_path / "killed", tmp_path / "whole"
+    argv = ["--videos", *videos, "--features", "toy", "--toy_delay", "0.1", "--out", str(killed)]
+    # the real CLI in a fresh process, with the toy extractor (slowed down so the kill lands mid-run)
+    code = ("import sys; sys.path.insert(0, sys.argv[1]); import test_extract; from feature_extraction import extract; "
+            "extract.feature_modules = lambda: {'toy': test_extract.toy_module()}; sys.exit(extract.main(sys.argv[2:]))")
+    cmd = [sys.executable, "-c", code, str(Path(__file__).parent), *argv]
+    p = subprocess.Popen(cmd, cwd=REPO, stderr=subprocess.DEVNULL, stdout=subprocess.DEVNULL)
+    deadline = time.time() + 120
+    while not (killed / "toy" / "v0.npy").exists() and p.poll() is None and time.time() < deadline:
+        time.sleep(0.005)
+    assert p.poll() is None, "the run ended before it could be killed"
+    os.kill(p.pid, signal.SIGKILL)
+    p.wait()
+    assert 1 <= len(list((killed / "toy").glob("*.npy"))) < 5
+    assert subprocess.run(cmd, cwd=REPO, capture_output=True).returncode == 0
+    assert extract.main([*argv[:-1], str(whole)]) == 0
+    names = [f"v{i}.npy" for i in range(5)]
+    assert sorted(q.name for q in (killed / "toy").glob("*.npy")) == names
+    for name in names:
+        np.testing.assert_array_equal(np.load(killed / "toy" / name), np.load(whole / "toy" / name))
+    assert (killed / "manifest.json").read_text() == (whole / "manifest.json").read_text()

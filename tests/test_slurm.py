@@ -1,0 +1,336 @@
+"""Slurm stages against a real one-node cluster (munged + slurmctld + slurmd) started by the tests.
+
+The cluster runs as root in a temp dir on free ports with its own munge key and socket, so it never
+touches a system Slurm or munge; it is torn down by PID after cancelling jobs and draining the queue
+(a slurmstepd left behind ignores SIGTERM). Skipped when the Slurm binaries are not installed
+(`make sysdeps` installs them as root).
+"""
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+FEATURES = "resnet vggish flow"
+FOLDERS = ("resnet101", "vggish", "flow")
+SBATCH_OPTIONS = "--cpus-per-task=1 --mem=0"  # the test node has few CPUs; one thread, as the local run
+
+pytestmark = pytest.mark.slurm
+
+BINARIES = ("munged", "slurmctld", "slurmd", "sbatch", "squeue", "scontrol", "scancel", "sinfo")
+
+
+def missing_binaries():
+    return [b for b in BINARIES if shutil.which(b) is None and not Path("/usr/sbin", b).exists()]
+
+
+def _which(name):
+    return shutil.which(name) or str(Path("/usr/sbin", name))
+
+
+def _free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _real_memory_mb():
+    out = subprocess.run([_which("slurmd"), "-C"], capture_output=True, text=True, check=True).stdout
+    return int(out.split("RealMemory=")[1].split()[0])
+
+
+def _alive(pid):
+    """True while the process exists and is not a zombie (a container's init may never reap it)."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except (FileNotFoundError, ProcessLookupError):
+        return False
+
+
+def _wait(predicate, timeout, what):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return
+        time.sleep(0.2)
+    raise TimeoutError(f"local Slurm: {what} not reached in {timeout} s")
+
+
+class LocalSlurm:
+    def __init__(self, root):
+        self.root = Path(root)
+        self.pids = {}
+        self.conf = self.root / "slurm.conf"
+        self.env = dict(os.environ, SLURM_CONF=str(self.conf))
+
+    def _start(self, name, argv, pid_file):
+        subprocess.run(argv, check=True, env=self.env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        _wait(lambda: pid_file.exists() and pid_file.read_text().strip(), 20, f"{name} pid file")
+        self.pids[name] = int(pid_file.read_text().split()[0])
+
+    def start(self):
+        r = self.root
+        munge = r / "munge"
+        munge.mkdir(mode=0o755, parents=True)
+        os.chmod(munge, 0o755)  # munged refuses a socket dir that others cannot search
+        key = munge / "munge.key"
+        key.write_bytes(os.urandom(1024))
+        os.chmod(key, 0o400)
+        socket_path = munge / "munge.socket"
+        self._start("munged", [_which("munged"), "--force", f"--socket={socket_path}", f"--key-file={key}",
+                               f"--pid-file={munge / 'munged.pid'}", f"--log-file={munge / 'munged.log'}",
+                               f"--seed-file={munge / 'munged.seed'}"], munge / "munged.pid")
+        for d in ("state", "spool"):
+            (r / d).mkdir()
+        cpus = os.cpu_count() or 1
+        memory = min(_real_memory_mb(), 4096)
+        self.conf.write_text(f"""ClusterName=vmrtest
+SlurmctldHost=localhost
+SlurmctldPort={_free_port()}
+SlurmdPort={_free_port()}
+SlurmUser=root
+SlurmdUser=root
+AuthType=auth/munge
+CredType=cred/munge
+AuthInfo=socket={socket_path}
+StateSaveLocation={r / 'state'}
+SlurmdSpoolDir={r / 'spool'}
+SlurmctldPidFile={r / 'slurmctld.pid'}
+SlurmdPidFile={r / 'slurmd.pid'}
+SlurmctldLogFile={r / 'slurmctld.log'}
+SlurmdLogFile={r / 'slurmd.log'}
+ProctrackType=proctrack/linuxproc
+TaskPlugin=task/none
+SelectType=select/cons_tres
+SelectTypeParameters=CR_Core
+SchedulerParameters=batch_sched_delay=0
+JobCompType=jobcomp/filetxt
+JobCompLoc={r / 'jobcomp.txt'}
+AccountingStorageType=accounting_storage/none
+JobAcctGatherType=jobacct_gather/none
+MpiDefault=none
+MinJobAge=3600
+KillWait=30
+MailProg=/bin/true
+ReturnToService=2
+NodeName=localhost NodeAddr=127.0.0.1 CPUs={cpus} RealMemory={memory} State=UNKNOWN
+PartitionName=debug Nodes=localhost Default=YES MaxTime=INFINITE State=UP
+""")
+        self._start("slurmctld", [_which("slurmctld"), "-f", str(self.conf)], r / "slurmctld.pid")
+        _wait(lambda: "is UP" in self.run("scontrol", "ping", check=False).stdout, 30, "scontrol ping UP")
+        self._start("slurmd", [_which("slurmd"), "-f", str(self.conf), "-N", "localhost"], r / "slurmd.pid")
+        _wait(lambda: "idle" in self.run("sinfo", "-h", "-o", "%T", check=False).stdout, 30, "node idle")
+        return self
+
+    def run(self, *argv, check=True):
+        return subprocess.run([_which(argv[0]), *argv[1:]], env=self.env, capture_output=True, text=True, check=check)
+
+    def wait_queue_empty(self, timeout=60, job=None):
+        argv = ["squeue", "-h"] + (["-j", str(job)] if job else [])
+        _wait(lambda: not self.run(*argv, check=False).stdout.strip(), timeout, "empty queue")
+
+    def stop(self):
+        if "slurmctld" in self.pids:
+            self.run("scancel", "--full", "--user=root", check=False)
+            try:
+                self.wait_queue_empty(timeout=30)
+            except TimeoutError:
+                pass
+        for name in ("slurmd", "slurmctld", "munged"):
+            pid = self.pids.pop(name, None)
+            if pid is None:
+                continue
+            try:
+                os.kill(pid, signal.SIGTERM)
+            except ProcessLookupError:
+                continue
+            try:
+                _wait(lambda: not _alive(pid), 15, f"{name} exit")
+            except TimeoutError:
+                os.kill(pid, signal.SIGKILL)
+
+
+# ----------------------------------------------------------------------------- fixtures
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory):
+    missing = missing_binaries()
+    if missing:
+        pytest.skip(f"Slurm not installed ({', '.join(missing)} missing): run `make sysdeps` as root")
+    if os.geteuid() != 0:
+        pytest.skip("the test cluster runs slurmd and munged as root")
+    c = LocalSlurm(tmp_path_factory.mktemp("slurm"))
+    try:
+        yield c.start()
+    finally:
+        c.stop()
+
+
+@pytest.fixture(scope="module")
+def clips(tmp_path_factory):
+    """Four tiny clips (two with motion, so flow has something to segment) in a folder with spaces."""
+    from feature_extraction.make_sample import make_clip
+
+    folder = tmp_path_factory.mktemp("clips") / "my videos"
+    folder.mkdir()
+    return [make_clip(folder / f"clip{i}.mp4", seconds=3.0, seed=i, motion=[(0.5, 2.0)] if i % 2 else None)
+            for i in range(4)]
+
+
+@pytest.fixture(scope="module")
+def env(cluster, weights_cache, tmp_path_factory):
+    """Environment for sbatch/submit.py: our cluster, random weights, logs in a temp dir."""
+    logs = tmp_path_factory.mktemp("logs")
+    return dict(os.environ, SLURM_CONF=str(cluster.conf), VMR_CACHE=str(weights_cache), PYTHONUNBUFFERED="1",
+                SBATCH_OUTPUT=str(logs / "%x-%A_%a.out"))
+
+
+@pytest.fixture(scope="module")
+def local_run(clips, weights_cache, tmp_path_factory):
+    """The same extraction run locally in one process with one thread: the reference for the arrays."""
+    out = tmp_path_factory.mktemp("local")
+    listing = out / "videos.txt"
+    listing.write_text("".join(f"{p}\n" for p in clips))
+    env = dict(os.environ, VMR_CACHE=str(weights_cache), OMP_NUM_THREADS="1")
+    subprocess.run([sys.executable, "feature_extraction/extract.py", "--videos", str(listing), "--out", str(out),
+                    "--features", *FEATURES.split(), "--device", "cpu", "--weights", "random", "--threads", "1"],
+                   cwd=REPO, env=env, check=True, capture_output=True)
+    return out
+
+
+def submit(env, *args):
+    return subprocess.run([sys.executable, "slurm/submit.py", *args], cwd=REPO, env=env, capture_output=True, text=True)
+
+
+def outputs(out):
+    """{relative path: mtime_ns} of the per-video feature files."""
+    return {str(p.relative_to(out)): p.stat().st_mtime_ns for folder in FOLDERS
+            for p in sorted((out / folder).glob("*")) if not p.name.startswith(("_", ".")) and p.name != "ranks.csv"}
+
+
+def assert_same_arrays(out, reference, ids):
+    for folder in FOLDERS:
+        for vid in ids:
+            got, want = np.load(out / folder / f"{vid}.npy"), np.load(reference / folder / f"{vid}.npy")
+            assert got.shape == want.shape and got.dtype == want.dtype, (folder, vid)
+            np.testing.assert_allclose(got, want, rtol=0, atol=1e-5, err_msg=f"{folder}/{vid}")
+
+
+def ranks_ids(out):
+    from feature_extraction.flowProcessor import read_ranks_csv
+
+    return sorted(read_ranks_csv(out / "flow" / "ranks.csv"))
+
+
+# ----------------------------------------------------------------------------- tests
+
+
+def test_array_matches_local_run_and_failed_task_is_resubmitted(env, clips, local_run, tmp_path, make_clip):
+    ids = [p.stem for p in clips]
+    bad = clips[0].parent / "broken clip.mp4"
+    bad.write_text("not a video\n")
+    listing = tmp_path / "videos.txt"  # 5 lines, 4 tasks: task 0 takes lines 0 and 4 (the broken one)
+    listing.write_text("".join(f"{p}\n" for p in clips) + f"\n# a comment\n{bad}\n")
+    out = tmp_path / "features"
+    r = submit(env, "--stage", "features", "--features", FEATURES, "--list", str(listing), "--out", str(out),
+               "--tasks", "4", "--args", "--weights random", "--sbatch", SBATCH_OPTIONS, "--wait", "--poll", "0.3")
+    assert r.returncode == 1, r.stdout + r.stderr
+    job = r.stdout.split()[0]
+    assert f"job {job} (features): 3 of 4 task(s) ok" in r.stdout
+    assert f"{bad}: " in r.stdout and "task 0: exit" in r.stdout
+    assert f"--resubmit_failed {job}" in r.stdout
+
+    record = json.loads((out / ".slurm" / f"{job}.json").read_text())
+    assert record["stage"] == "features" and record["N"] == 4 and record["tasks"] == [0, 1, 2, 3]
+    assert record["env"]["FEATURES"] == FEATURES and record["list"] == str(listing)
+    for task in range(4):  # strided lines, no shard files
+        lines = (out / ".slurm" / job / f"{task}.list").read_text().splitlines()
+        assert lines == [str(p) for p in (clips + [bad])[task::4]]
+        task_record = json.loads((out / ".slurm" / job / f"{task}.json").read_text())
+        assert (task_record["exit"] != 0) == (task == 0)
+        assert [f["id"] for f in task_record["failed"]] == (["broken clip"] if task == 0 else [])
+        assert Path(task_record["log"]).is_file()
+
+    assert_same_arrays(out, local_run, ids)
+    assert ranks_ids(out) == ranks_ids(local_run) == sorted(ids)  # rebuilt by the merge job
+    assert (out / "flow" / "ranks.csv").read_text() == (local_run / "flow" / "ranks.csv").read_text()
+    assert json.loads((out / "manifest.json").read_text())
+
+    before = outputs(out)
+    make_clip(bad.name, seconds=3.0, seed=7)  # the fixed input, in the same place
+    shutil.move(str(tmp_path / bad.name), bad)
+    r = submit(env, "--out", str(out), "--resubmit_failed", job, "--wait", "--poll", "0.3")
+    assert r.returncode == 0, r.stdout + r.stderr
+    rerun = r.stdout.split()[0]
+    assert rerun != job and "1 of 1 task(s) ok" in r.stdout
+    record = json.loads((out / ".slurm" / f"{rerun}.json").read_text())
+    assert record["tasks"] == [0] and record["resubmit_of"] == job and record["N"] == 4
+    assert sorted(p.name for p in (out / ".slurm" / rerun).glob("*.json")) == ["0.json"]
+    after = outputs(out)
+    assert {k: after[k] for k in before} == before  # finished videos were not redone
+    assert set(after) - set(before) == {f"{folder}/broken clip.{ext}" for folder in FOLDERS
+                                        for ext in (("npy", "json") if folder == "flow" else ("npy",))}
+    assert ranks_ids(out) == sorted(ids + ["broken clip"])
+
+
+def test_plain_sbatch_killed_task_leaves_no_partial_file_and_rerun_completes(env, cluster, clips, local_run, tmp_path):
+    listing = tmp_path / "videos.txt"
+    listing.write_text("".join(f"{p}\n" for p in clips))
+    out = tmp_path / "features"
+    job_env = dict(env, VMR_LIST=str(listing), VMR_OUT=str(out), FEATURES=FEATURES, ARGS="--weights random")
+
+    def sbatch():
+        r = subprocess.run(["sbatch", "--parsable", *SBATCH_OPTIONS.split(), "slurm/features.sl"], cwd=REPO,
+                           env=job_env, capture_output=True, text=True, check=True)
+        return r.stdout.strip().split(";")[0]
+
+    job = sbatch()
+    deadline = time.monotonic() + 120
+    while not list(out.glob("resnet101/*.npy")):  # first video done: kill the task in the middle of the list
+        assert time.monotonic() < deadline, "the job wrote nothing"
+        time.sleep(0.05)
+    cluster.run("scancel", job)
+    cluster.wait_queue_empty(job=job)
+    record = json.loads((out / ".slurm" / job / "0.json").read_text())
+    assert record["exit"] != 0  # the trap recorded the kill
+    done = [p.stem for p in out.glob("resnet101/*.npy")]
+    assert len(done) < len(clips), "the task finished before it was killed"
+    leftovers = [p for p in out.rglob("*") if p.is_file() and p.name.endswith(".tmp")]
+    assert leftovers == [], leftovers
+    for p in out.rglob("*.npy"):
+        np.load(p)  # every visible file is complete
+
+    job = sbatch()  # the same command again finishes the rest
+    cluster.wait_queue_empty(job=job)
+    assert json.loads((out / ".slurm" / job / "0.json").read_text())["exit"] == 0
+    assert_same_arrays(out, local_run, [p.stem for p in clips])
+
+
+def test_dry_run_prints_commands_and_submits_nothing(env, cluster, tmp_path):
+    listing = tmp_path / "videos.txt"
+    listing.write_text("a.mp4\nb.mp4\nc.mp4\n")
+    out = tmp_path / "features"
+    r = submit(env, "--stage", "resnet", "--list", str(listing), "--out", str(out), "--tasks", "8", "--gpus", "1",
+               "--args", "--weights random", "--dry_run")
+    assert r.returncode == 0, r.stderr
+    array_line, merge_line = r.stdout.strip().splitlines()
+    assert "sbatch --parsable --gres=gpu:1 --array=0-2 slurm/resnet.sl" in array_line  # 8 tasks capped at 3 lines
+    assert "DEVICE=cuda" in array_line and "FEATURES=resnet" in array_line and f"VMR_LIST={listing}" in array_line
+    assert "--dependency=afterany:" in merge_line and merge_line.endswith("slurm/merge.sl")
+    assert not out.exists()
+    assert cluster.run("squeue", "-h").stdout.strip() == ""
+
+    empty_cache = tmp_path / "cache"
+    r = submit(dict(env, VMR_CACHE=str(empty_cache)), "--stage", "resnet", "--list", str(listing), "--out", str(out),
+               "--args", "--weights random")
+    assert r.returncode != 0 and "weights missing" in r.stderr and "resnet101" in r.stderr
+    assert not out.exists()

@@ -1,0 +1,268 @@
+"""Music retrieval for a new video with a trained segment Transformer, down to the segment.
+
+Build an index of a music library once (feature files, or music/video files whose audio features
+are extracted on the fly); each track is cut where its audio features change (no video needed):
+
+    python transformer/retrieve.py --build_index --library music/ --checkpoint runs/transformer/best.pt --index INDEX.npz
+
+Query with a video file (features and flow segments extracted first) or a video feature file
+with its segments (--flow_ranks ranks.csv, or --segments_from features):
+
+    python transformer/retrieve.py --index INDEX.npz --checkpoint runs/transformer/best.pt --query clip.mp4 [--json]
+
+The pooled track embeddings find the top --rerank candidates, the aligned score (each video
+segment against the candidate's music over the same seconds) orders them, and for each query
+segment the library segment with the highest cosine is shown with its start and end seconds.
+
+INDEX.npz is VM-NET's format (ids, track_emb, seg_track, seg_start, seg_end, seg_emb, meta) plus
+track_file (N,) str: where each track's audio feature rows are, read back for the aligned rerank.
+"""
+import argparse
+import json
+import shlex
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from feature_extraction.atomic import atomic_path
+from transformer.data import feature_segments, make_item
+from transformer.model import load_model
+from transformer.scoring import aligned_scores, best_segments, embed_library, embed_video_item
+from vmnet.retrieve import EXTRACT_ARGS, RetrievalError, list_library, search
+from vmnet.test import sha256_file
+
+
+def run_extraction(paths, tokens, flags, work_dir, extract_args):
+    """feature_extraction/extract.py on media files (failures print `path: reason` and the run goes on)."""
+    from feature_extraction import extract as extract_mod
+
+    args = ["--videos", *map(str, paths), "--out", str(work_dir), "--features", *dict.fromkeys(tokens), *flags,
+            *extract_args]
+    try:
+        extract_mod.main(args)
+    except SystemExit as error:  # run-level problems (weights, folders) stop extract.py with a message
+        if error.code not in (None, 0, 1):
+            raise RetrievalError(str(error.code)) from None
+
+
+def folder_tokens(folders):
+    unknown = [f for f in folders if f not in EXTRACT_ARGS]
+    if unknown:
+        raise RetrievalError(f"do not know how to extract feature folder {unknown[0]!r}; pass precomputed .npy files")
+    return [EXTRACT_ARGS[f][0] for f in folders], [flag for f in folders for flag in EXTRACT_ARGS[f][1]]
+
+
+def load_rows(path, dim, max_seconds):
+    x = np.load(path, allow_pickle=False)
+    if x.ndim != 2 or x.shape[1] != dim or len(x) == 0 or not np.isfinite(x).all():
+        raise ValueError(f"expected finite (T, {dim}) features for this checkpoint, got shape {x.shape}")
+    return x[:max_seconds].astype(np.float32) if max_seconds else x.astype(np.float32)
+
+
+def build_index(library, checkpoint, index_path, extract_args=(), batch_size=256):
+    """Segment and embed every library track and write INDEX.npz; returns the number of tracks that failed."""
+    model, ckpt = load_model(checkpoint)
+    cfg, run_args = ckpt["config"], ckpt["args"]
+    audio_folder = (ckpt.get("features") or {}).get("audio") or "vggish"
+    npy_files, media = list_library(library)
+    files = {p.stem: p.resolve() for p in npy_files}
+    failed = 0
+    if media:  # extracted features are kept beside the index: the aligned rerank reads them back
+        work_dir = Path(index_path).with_name(Path(index_path).stem + "_features")
+        tokens, flags = folder_tokens([audio_folder])
+        run_extraction(media, tokens, flags, work_dir, list(extract_args))
+        for p in media:
+            path = work_dir / audio_folder / f"{p.stem}.npy"
+            if path.is_file():
+                files[p.stem] = path.resolve()
+            else:
+                failed += 1
+    ids, tracks, track_files = [], [], []
+    for vid in sorted(files):
+        try:
+            tracks.append(load_rows(files[vid], cfg["audio_dim"], run_args.get("max_seconds")))
+        except (OSError, ValueError) as error:
+            print(f"{files[vid]}: {error}", file=sys.stderr)
+            failed += 1
+            continue
+        ids.append(vid)
+        track_files.append(str(files[vid]))
+    if not ids:
+        raise RetrievalError(f"{library}: no usable music track")
+    lib = embed_library(model, tracks, cfg["max_seq_len"], run_args.get("n_bkps", 7), run_args.get("min_seconds", 10),
+                        batch_size)
+    e = lib["track"].shape[1]
+    meta = {"model": "Transformer", "checkpoint_sha256": sha256_file(checkpoint), "audio_folder": audio_folder, "E": e}
+    with atomic_path(index_path) as tmp:
+        with open(tmp, "wb") as f:
+            np.savez(f, ids=np.array(ids), track_emb=lib["track"].numpy().astype(np.float32),
+                     seg_track=lib["owner"].astype(np.int32), seg_start=lib["start"].astype(np.int32),
+                     seg_end=lib["end"].astype(np.int32), seg_emb=lib["seg"].numpy().astype(np.float32),
+                     meta=np.array(json.dumps(meta)), track_file=np.array(track_files))
+    print(f"{index_path}: {len(ids)} tracks, {len(lib['owner'])} segments, {e}-d")
+    return failed
+
+
+def load_index(index_path, checkpoint):
+    """The index arrays as a dict; refuses an index built with another checkpoint or by VM-NET."""
+    with np.load(index_path, allow_pickle=False) as z:
+        index = {key: z[key] for key in z.files}
+    meta = json.loads(str(index["meta"]))
+    sha = sha256_file(checkpoint)
+    if meta.get("checkpoint_sha256") != sha:
+        raise RetrievalError(f"{index_path} was built with checkpoint sha256 {meta.get('checkpoint_sha256', '?')[:12]}..., "
+                             f"but {checkpoint} is {sha[:12]}...; rebuild it with --build_index")
+    if "track_file" not in index:
+        raise RetrievalError(f"{index_path} has no track_file array (not built by transformer/retrieve.py)")
+    index["ids"] = [str(i) for i in index["ids"]]
+    return index
+
+
+def query_items(paths, ckpt, flow_ranks=None, segments_from="ranks", extract_args=()):
+    """Items (video rows cut into segments) for video files (extracted here, flow segments included) and
+    video feature files (segments from --flow_ranks by file stem, or from the features); seconds spent."""
+    from feature_extraction.flowProcessor import read_ranks_csv
+
+    cfg, run_args = ckpt["config"], ckpt["args"]
+    max_seconds = run_args.get("max_seconds")
+    started = time.perf_counter()
+    table = read_ranks_csv(flow_ranks) if flow_ranks else {}
+    media = [Path(p) for p in paths if Path(p).suffix != ".npy"]
+    extracted = {}
+    if media:
+        folders = ((ckpt.get("features") or {}).get("video") or "clip").split("+")
+        work_dir = Path(tempfile.mkdtemp(prefix="vmr_query_"))
+        tokens, flags = folder_tokens(folders)
+        run_extraction(media, tokens + ["flow"], flags, work_dir, list(extract_args))
+        for p in media:
+            parts = [work_dir / f / f"{p.stem}.npy" for f in folders]
+            flow = work_dir / "flow" / f"{p.stem}.json"
+            if all(x.is_file() for x in parts) and flow.is_file():
+                rows = [np.load(x) for x in parts]
+                t = min(len(x) for x in rows)
+                extracted[str(p)] = (np.concatenate([x[:t] for x in rows], axis=1), json.loads(flow.read_text()))
+    items = []
+    for p in paths:
+        try:
+            if str(p) in extracted:
+                video, result = extracted[str(p)]
+                boundaries, ranks = result["segments"], result["ranks"]
+            elif Path(p).suffix == ".npy":
+                video = np.load(p, allow_pickle=False)
+                stem = Path(p).stem
+                if stem in table:
+                    boundaries, ranks = table[stem]["segments"], table[stem]["ranks"]
+                elif segments_from == "features":
+                    boundaries, ranks = feature_segments(video, run_args.get("n_bkps", 7), run_args.get("min_seconds", 10))
+                else:
+                    raise ValueError("no segments: give --flow_ranks with this id, or --segments_from features")
+            else:
+                continue  # extraction already printed why
+            if video.ndim != 2 or video.shape[1] != cfg["video_dim"] or len(video) == 0:
+                raise ValueError(f"expected (T, {cfg['video_dim']}) video features for this checkpoint, got shape {video.shape}")
+            video = video[:max_seconds].astype(np.float32) if max_seconds else video.astype(np.float32)
+            no_music = np.zeros((len(video), 0), np.float32)
+            items.append((str(p), make_item(Path(p).stem, video, no_music, boundaries, ranks, cfg["max_seq_len"])))
+        except (OSError, ValueError) as error:
+            print(f"{p}: {error}", file=sys.stderr)
+    return items, time.perf_counter() - started
+
+
+def answer(model, index, item, top_k=5, rerank=100, batch_size=256):
+    """Top tracks (pooled search of max(top_k, rerank) candidates, ordered by the aligned score) and the
+    best library segment for each query segment."""
+    embedded = embed_video_item(model, item)
+    idx, pooled = search(index["track_emb"], embedded["video"].numpy(), max(top_k, rerank))
+    candidates, pooled = idx[0], pooled[0]
+    music = [load_rows(index["track_file"][c], model.config["audio_dim"], None) for c in candidates]
+    pairs = np.stack([np.zeros(len(candidates), np.int64), np.arange(len(candidates))], 1)
+    aligned = aligned_scores(model.audio, embedded["video_seg"], embedded["owner"], embedded["start"], embedded["end"],
+                             music, pairs, batch_size)
+    order = np.argsort(-aligned, kind="stable")[:top_k]
+    top = [{"id": index["ids"][candidates[j]], "score": float(aligned[j]), "pooled": float(pooled[j])} for j in order]
+    seg_index, seg_score = best_segments(embedded["video_seg"], torch.from_numpy(index["seg_emb"]))
+    segments = [{"start": int(s), "end": int(e), "track": index["ids"][index["seg_track"][j]],
+                 "track_start": int(index["seg_start"][j]), "track_end": int(index["seg_end"][j]), "score": float(c)}
+                for s, e, j, c in zip(embedded["start"], embedded["end"], seg_index, seg_score)]
+    return top, segments
+
+
+def print_table(result, n_tracks):
+    print(f"{result['query']}: top {len(result['top'])} of {n_tracks} tracks (pooled search, aligned rerank of "
+          f"{result['reranked']}; {result['search_seconds'] * 1000:.1f} ms)")
+    print(f"  {'rank':>4}  {'aligned':>7}  {'pooled':>7}  track")
+    for rank, t in enumerate(result["top"], 1):
+        print(f"  {rank:>4}  {t['score']:7.4f}  {t['pooled']:7.4f}  {t['id']}")
+    print(f"  {'video s':>9}  {'cosine':>7}  best library segment")
+    for s in result["segments"]:
+        print(f"  {s['start']:>4}-{s['end']:<4}  {s['score']:7.4f}  {s['track']} {s['track_start']}-{s['track_end']} s")
+
+
+def build_parser():
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--checkpoint", required=True, help="best.pt written by transformer/train.py")
+    p.add_argument("--index", default="INDEX.npz", help="index file to write (--build_index) or to search")
+    p.add_argument("--build_index", action="store_true", help="segment and embed the --library tracks and write --index")
+    p.add_argument("--library", help="folder or list file of music feature files (.npy, (T, 128)) or music/video files (extracted, "
+                                     "kept in INDEX_features/)")
+    p.add_argument("--query", nargs="+", help="video files (features and flow segments extracted first) or video feature files (.npy)")
+    p.add_argument("--flow_ranks", help="ranks.csv giving the segments of .npy queries (looked up by file stem)")
+    p.add_argument("--segments_from", choices=["ranks", "features"], default="ranks",
+                   help="features: .npy queries missing from --flow_ranks are cut where their features change (default ranks)")
+    p.add_argument("--top_k", type=int, default=5, help="tracks to return per query (default 5)")
+    p.add_argument("--rerank", type=int, default=100,
+                   help="pooled candidates reordered by the aligned score (default 100; at least --top_k)")
+    p.add_argument("--json", action="store_true", help="print JSON (results with extraction and search seconds) instead of a table")
+    p.add_argument("--weights", choices=("official", "random"), default="official",
+                   help="weights for on-the-fly extraction (random: tests and demos only)")
+    p.add_argument("--extract_args", default="", help="extra extract.py arguments for on-the-fly extraction, e.g. '--device cuda'")
+    return p
+
+
+def main(argv=None):
+    p = build_parser()
+    args = p.parse_args(argv)
+    extract_args = ["--weights", args.weights, *shlex.split(args.extract_args)]
+    try:
+        failed = 0
+        if args.build_index:
+            if not args.library:
+                p.error("--build_index needs --library")
+            failed = build_index(args.library, args.checkpoint, args.index, extract_args)
+            if failed:
+                print(f"{failed} failed", file=sys.stderr)
+            if not args.query:
+                return 1 if failed else 0
+        if not args.query:
+            p.error("give --query (or --build_index)")
+        model, ckpt = load_model(args.checkpoint)
+        index = load_index(args.index, args.checkpoint)
+        items, extraction_seconds = query_items(args.query, ckpt, args.flow_ranks, args.segments_from, extract_args)
+        results = []
+        for path, item in items:
+            started = time.perf_counter()
+            top, segments = answer(model, index, item, args.top_k, args.rerank)
+            results.append({"query": path, "search_seconds": time.perf_counter() - started, "top": top,
+                            "segments": segments, "reranked": min(max(args.rerank, args.top_k), len(index["ids"]))})
+    except (RetrievalError, OSError, ValueError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 1
+    if args.json:
+        print(json.dumps({"index": str(args.index), "tracks": len(index["ids"]), "segments": len(index["seg_track"]),
+                          "extraction_seconds": extraction_seconds, "results": results}, indent=2))
+    else:
+        for result in results:
+            print_table(result, len(index["ids"]))
+    failed = len(args.query) - len(results)
+    if failed:
+        print(f"{failed} failed", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

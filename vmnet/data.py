@@ -1,0 +1,131 @@
+"""Training data: DIR/video/<id>.npy (T, Dv), DIR/audio/<id>.npy (T, Da), and id lists.
+
+A CSV has a header `ID` and one id per line; the original project's headerless `<id>.npy`
+lines are accepted too. Rows [0, min(T_video, T_audio)) are used (both streams start at
+t = 0, one row per second). A bad row (missing, empty, NaN or wrong-dimension file, or an id
+that is not a plain file name) is reported as `id: reason` on stderr and skipped.
+"""
+import csv
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+
+
+def read_ids(csv_path):
+    """Ids listed in a CSV (header `ID`, first column) or a headerless `<id>.npy` list."""
+    ids = []
+    with open(csv_path, newline="", encoding="utf-8") as f:
+        for i, row in enumerate(csv.reader(f)):
+            if not row or not row[0].strip():
+                continue
+            value = row[0].strip()
+            if i == 0 and value == "ID":
+                continue
+            ids.append(value[:-4] if value.endswith(".npy") else value)
+    return ids
+
+
+def write_ids(csv_path, ids):
+    from feature_extraction.atomic import write_text
+
+    write_text(csv_path, "ID\n" + "".join(f"{vid}\n" for vid in ids))
+
+
+def bad_id_reason(vid):
+    """Why `vid` cannot name a file in a feature folder, or None if it can."""
+    if not vid or vid in (".", "..") or "/" in vid or "\\" in vid or "\0" in vid or vid.startswith("."):
+        return "not a plain file name"
+    return None
+
+
+def _load_rows(path, dim):
+    if not path.is_file():
+        return None, f"missing {path}"
+    try:
+        x = np.load(path, allow_pickle=False)
+    except Exception as e:  # a truncated or foreign file is one bad row, not a crash
+        return None, f"unreadable {path} ({type(e).__name__})"
+    if x.ndim != 2 or x.shape[0] == 0:
+        return None, f"{path.parent.name} array has shape {x.shape}, expected (T, D) with T >= 1"
+    if dim is not None and x.shape[1] != dim:
+        return None, f"{path.parent.name} dimension {x.shape[1]}, expected {dim}"
+    if not np.isfinite(x).all():
+        return None, f"{path.parent.name} array contains NaN or inf"
+    return x, None
+
+
+def load_pair(data_dir, vid, max_seconds=None, dims=None):
+    """(video (T, Dv), audio (T, Da)) float32 for rows [0, min(Tv, Ta[, max_seconds])).
+
+    dims = (Dv, Da) to enforce. A bad row prints `vid: reason` to stderr and returns None.
+    """
+    reason = bad_id_reason(vid)
+    arrays = []
+    if reason is None:
+        for kind, dim in zip(("video", "audio"), dims or (None, None)):
+            x, reason = _load_rows(Path(data_dir) / kind / f"{vid}.npy", dim)
+            if reason:
+                break
+            arrays.append(x)
+    if reason:
+        from tqdm import tqdm
+
+        tqdm.write(f"{vid}: {reason}", file=sys.stderr)  # keeps the line clear of a running progress bar
+        return None
+    t = min(len(arrays[0]), len(arrays[1]))
+    if max_seconds is not None:
+        t = min(t, int(max_seconds))
+    return arrays[0][:t].astype(np.float32), arrays[1][:t].astype(np.float32)
+
+
+def load_pooled(data_dir, ids, max_seconds=None, dims=None, desc="loading"):
+    """Mean-pooled features of every good id: (ids, video (n, Dv), audio (n, Da)) float32.
+
+    Dimensions come from the first good pair unless `dims` is given. Raises ValueError
+    when nothing is left.
+    """
+    from tqdm import tqdm
+
+    kept, video, audio = [], [], []
+    for vid in tqdm(ids, desc=desc, unit="id", leave=False):
+        pair = load_pair(data_dir, vid, max_seconds, dims)
+        if pair is None:
+            continue
+        dims = dims or (pair[0].shape[1], pair[1].shape[1])
+        kept.append(vid)
+        video.append(pair[0].mean(axis=0))
+        audio.append(pair[1].mean(axis=0))
+    if not kept:
+        raise ValueError(f"{data_dir}: no usable id out of {len(ids)}")
+    if len(kept) < len(ids):
+        print(f"{data_dir}: {len(ids) - len(kept)} of {len(ids)} ids skipped", file=sys.stderr)
+    return kept, np.stack(video), np.stack(audio)
+
+
+def check_overlap(train_ids, test_ids):
+    """Raise ValueError naming the ids that are in both the train and the test list."""
+    both = sorted(set(train_ids) & set(test_ids))
+    if both:
+        shown = ", ".join(both[:20]) + (" ..." if len(both) > 20 else "")
+        raise ValueError(f"{len(both)} ids are in both the train and the test CSV: {shown}")
+
+
+def read_groups(csv_path):
+    """{id: group} from a CSV with columns ID,group (ids sharing a track share a group)."""
+    with open(csv_path, newline="", encoding="utf-8") as f:
+        return {row["ID"]: row["group"] for row in csv.DictReader(f)}
+
+
+def feature_names(data_dir):
+    """{"video", "audio"} names from DATA/features.json (vmnet/prepare.py), else the folders' _feature.json."""
+    info = Path(data_dir) / "features.json"
+    if info.is_file():
+        meta = json.loads(info.read_text())
+        return {"video": meta.get("video"), "audio": meta.get("audio")}
+    out = {}
+    for kind in ("video", "audio"):
+        prov = Path(data_dir) / kind / "_feature.json"
+        out[kind] = json.loads(prov.read_text()).get("model") if prov.is_file() else None
+    return out

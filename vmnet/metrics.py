@@ -1,0 +1,287 @@
+"""Evaluation metrics shared by VM-NET, the segment Transformer and the report.
+
+Retrieval is always ranked against the whole gallery; ties count against the model
+(pessimistic rule): rank = 1 + #{j != gt : s_j >= s_gt}. A collapsed model (all scores
+equal) therefore gets rank N, never rank 1. Recalls are fractions in [0, 1].
+
+FAD follows google-research's frechet_audio_distance (unbiased covariance in float64,
+sqrtm of the product, 1e-7 I when it is not finite, error on a large imaginary part).
+AV-Align follows TempoTokens' av_align.py: "2025" matches each video peak at most once,
+"2023" lets one video peak match several audio peaks (scores can exceed 1).
+"""
+import json
+from pathlib import Path
+
+import numpy as np
+
+KS = (1, 5, 10, 20, 25, 50, 100)
+BATCH_LABEL = "batch-level recall over seeded random batches; for comparison with VM-NET papers only, not a whole-gallery metric"
+
+
+def gt_ranks(scores, relevant=None):
+    """1-based rank of the ground truth in each row of `scores` (n, N), pessimistic ties.
+
+    Without `relevant` the ground truth of row i is column i. With `relevant` (n, N) bool
+    (e.g. ids sharing a track), the best-scoring relevant column counts and only
+    non-relevant columns scoring >= it are ranked above it.
+    """
+    scores = np.asarray(scores)
+    n = scores.shape[0]
+    if relevant is None:
+        relevant = np.zeros(scores.shape, dtype=bool)
+        relevant[np.arange(n), np.arange(n)] = True
+    relevant = np.asarray(relevant, dtype=bool)
+    if not relevant.any(axis=1).all():
+        raise ValueError("every query needs at least one relevant gallery item")
+    best = np.where(relevant, scores, -np.inf).max(axis=1, keepdims=True)
+    above = (scores >= best) & ~relevant
+    return 1 + above.sum(axis=1)
+
+
+def recall_block(ranks, ks=KS, with_ranks=True):
+    """{"R@K": fraction of ranks <= K, ..., "MedR", "MeanR"(, "ranks")}."""
+    ranks = np.asarray(ranks)
+    block = {f"R@{k}": float(np.mean(ranks <= k)) for k in ks}
+    block["MedR"] = float(np.median(ranks))
+    block["MeanR"] = float(np.mean(ranks))
+    if with_ranks:
+        block["ranks"] = [int(r) for r in ranks]
+    return block
+
+
+def normalize_rows(x):
+    x = np.asarray(x, dtype=np.float32)
+    return x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
+
+
+def group_relevance(groups):
+    """(N, N) bool: items i and j belong to the same group (e.g. the same track)."""
+    groups = np.asarray(groups)
+    return groups[:, None] == groups[None, :]
+
+
+def score_metrics(scores, relevant=None, with_ranks=True):
+    """Both directions from a video x music score matrix (row i = video i, column j = track j)."""
+    rel_t = None if relevant is None else np.asarray(relevant).T
+    return {
+        "video_to_music": recall_block(gt_ranks(scores, relevant), with_ranks=with_ranks),
+        "music_to_video": recall_block(gt_ranks(np.asarray(scores).T, rel_t), with_ranks=with_ranks),
+    }
+
+
+def _chunked_ranks(queries, gallery, groups, chunk=256):
+    """gt_ranks of queries (n, E) against gallery (N, E) rows, `chunk` queries at a time (bounded memory)."""
+    ranks = []
+    for start in range(0, len(queries), chunk):
+        rows = np.arange(start, min(start + chunk, len(queries)))
+        if groups is None:
+            relevant = np.zeros((len(rows), len(gallery)), dtype=bool)
+            relevant[np.arange(len(rows)), rows] = True
+        else:
+            relevant = groups[rows][:, None] == groups[None, :]
+        ranks.append(gt_ranks(queries[rows] @ gallery.T, relevant))
+    return np.concatenate(ranks)
+
+
+def retrieval_metrics(video_emb, music_emb, groups=None, with_ranks=True):
+    """Whole-gallery metrics for paired embeddings (row i of each belongs to item i), cosine scores.
+
+    groups: optional (N,) labels; items with the same label all count as hits.
+    """
+    v, m = normalize_rows(video_emb), normalize_rows(music_emb)
+    groups = None if groups is None else np.asarray(groups)
+    return {
+        "video_to_music": recall_block(_chunked_ranks(v, m, groups), with_ranks=with_ranks),
+        "music_to_video": recall_block(_chunked_ranks(m, v, groups), with_ranks=with_ranks),
+    }
+
+
+def batch_metrics(video_emb, music_emb, batch=1024, seed=0, repeats=5):
+    """Recall inside seeded random batches (as VM-NET papers report), averaged over batches.
+
+    Each repeat is one seeded permutation cut into full batches; a gallery smaller than
+    `batch` is one batch of all items. A labelled extra, never the headline number.
+    """
+    n = len(video_emb)
+    size = min(batch, n)
+    rng = np.random.default_rng(seed)
+    blocks = {"video_to_music": [], "music_to_video": []}
+    for _ in range(repeats):
+        order = rng.permutation(n)
+        for start in range(0, n - size + 1, size):
+            idx = order[start:start + size]
+            result = retrieval_metrics(video_emb[idx], music_emb[idx], with_ranks=False)
+            for direction, block in result.items():
+                blocks[direction].append(block)
+    out = {"label": BATCH_LABEL, "batch_size": size, "n_batches": len(blocks["video_to_music"]), "seed": seed}
+    for direction, items in blocks.items():
+        out[direction] = {key: float(np.mean([b[key] for b in items])) for key in items[0]}
+    return out
+
+
+def chance_block(N, ks=KS):
+    """Expected metrics of a random ranking of one relevant item among N."""
+    block = {f"R@{k}": min(k, N) / N for k in ks}
+    block["MedR"] = (N + 1) / 2
+    block["MeanR"] = (N + 1) / 2
+    return block
+
+
+def _inv_sqrt(c):
+    w, v = np.linalg.eigh(c)
+    return (v / np.sqrt(np.maximum(w, 1e-12))) @ v.T
+
+
+def cca_embed(train_v, train_a, test_v, test_a, reg=1e-2, dim=None):
+    """Test rows projected into a ridge-CCA space fitted on the train split only -> (video, audio).
+
+    Closed form: whiten each view (covariance + reg * mean eigenvalue * I), SVD of the
+    whitened cross-covariance; `dim` canonical directions (default all).
+    """
+    train_v = np.asarray(train_v, np.float64)
+    train_a = np.asarray(train_a, np.float64)
+    mv, ma = train_v.mean(0), train_a.mean(0)
+    xv, xa = train_v - mv, train_a - ma
+    n = max(len(xv) - 1, 1)
+
+    def ridge_cov(x):
+        c = x.T @ x / n
+        return c + reg * max(np.trace(c) / len(c), 1e-12) * np.eye(len(c))
+
+    wv, wa = _inv_sqrt(ridge_cov(xv)), _inv_sqrt(ridge_cov(xa))
+    u, _, vt = np.linalg.svd(wv @ (xv.T @ xa / n) @ wa)
+    d = dim or min(u.shape[1], vt.shape[0])
+    pv = (np.asarray(test_v, np.float64) - mv) @ wv @ u[:, :d]
+    pa = (np.asarray(test_a, np.float64) - ma) @ wa @ vt.T[:, :d]
+    return pv, pa
+
+
+def cca_scores(train_v, train_a, test_v, test_a, reg=1e-2, dim=None):
+    """Cosine scores (n_test_v, n_test_a) in the ridge-CCA space of `cca_embed`."""
+    pv, pa = cca_embed(train_v, train_a, test_v, test_a, reg, dim)
+    return normalize_rows(pv) @ normalize_rows(pa).T
+
+
+def frechet_distance(mu1, sigma1, mu2, sigma2):
+    """Frechet distance of two Gaussians, as google-research's fad_utils computes it."""
+    import scipy.linalg
+
+    mu1, mu2 = np.atleast_1d(np.asarray(mu1, np.float64)), np.atleast_1d(np.asarray(mu2, np.float64))
+    sigma1, sigma2 = np.atleast_2d(np.asarray(sigma1, np.float64)), np.atleast_2d(np.asarray(sigma2, np.float64))
+    diff = mu1 - mu2
+    root = scipy.linalg.sqrtm(sigma1 @ sigma2)
+    if not np.isfinite(root).all():
+        offset = np.eye(len(sigma1)) * 1e-7
+        root = scipy.linalg.sqrtm((sigma1 + offset) @ (sigma2 + offset))
+    if np.iscomplexobj(root):
+        if not np.allclose(np.diagonal(root).imag, 0, atol=1e-3):
+            raise ValueError(f"frechet_distance: imaginary component {np.max(np.abs(root.imag)):.3g} in sqrtm")
+        root = root.real
+    return float(diff @ diff + np.trace(sigma1) + np.trace(sigma2) - 2 * np.trace(root))
+
+
+def gaussian_stats(rows):
+    """Mean and unbiased covariance (float64) of embedding rows (n, D), n >= 2."""
+    rows = np.asarray(rows, np.float64)
+    if rows.ndim != 2 or len(rows) < 2:
+        raise ValueError(f"FAD needs at least 2 embedding rows, got shape {rows.shape}")
+    return rows.mean(axis=0), np.cov(rows, rowvar=False)
+
+
+def fad(reference_rows, evaluated_rows):
+    """FAD between two sets of embedding rows (all rows of all files of a set pooled)."""
+    return frechet_distance(*gaussian_stats(reference_rows), *gaussian_stats(evaluated_rows))
+
+
+def av_align(audio_peaks, video_peaks, fps, variant="2025"):
+    """IoU of audio onsets and video motion peaks (seconds), window v - 1/fps < a < v + 1/fps.
+
+    2025: each audio peak (in time order) takes the first unused matching video peak.
+    2023: an audio peak matches if any video peak is in its window (reuse allowed).
+    Score = matches / (|A| + |V| - matches); 0 when both sets are empty.
+    """
+    if variant not in ("2025", "2023"):
+        raise ValueError(f"unknown AV-Align variant {variant!r} (2025 or 2023)")
+    audio = np.sort(np.atleast_1d(np.asarray(audio_peaks, np.float64)))
+    video = list(np.atleast_1d(np.asarray(video_peaks, np.float64)))
+    window = 1.0 / fps
+    used = [False] * len(video)
+    matches = 0
+    for a in audio:
+        for j, v in enumerate(video):
+            if v - window < a < v + window and (variant == "2023" or not used[j]):
+                used[j] = True
+                matches += 1
+                break
+    union = len(audio) + len(video) - matches
+    return matches / union if union else 0.0
+
+
+def _load_peaks(peaks_dir, kind, vid):
+    path = Path(peaks_dir) / kind / f"{vid}.npy"
+    return np.atleast_1d(np.load(path)) if path.is_file() else None
+
+
+def av_align_report(query_ids, retrieved_ids, peaks_dir, variant="2025", seed=0):
+    """Mean AV-Align of each query video against its top-1 retrieved track, its own track
+    (the ground-truth ceiling) and a seeded shuffled track (the chance level).
+
+    peaks_dir holds video/<id>.npy, video/<id>.json {"fps"} and audio/<id>.npy (seconds).
+    Returns None when no query has peaks; queries without peak files are listed in "missing".
+    """
+    query_ids, retrieved_ids = list(query_ids), list(retrieved_ids)
+    shuffled = [query_ids[i] for i in np.random.default_rng(seed).permutation(len(query_ids))]
+    scores = {"retrieved": [], "ground_truth": [], "shuffled": []}
+    missing = []
+    for q, r, s in zip(query_ids, retrieved_ids, shuffled):
+        video = _load_peaks(peaks_dir, "video", q)
+        meta = Path(peaks_dir) / "video" / f"{q}.json"
+        audio = {key: _load_peaks(peaks_dir, "audio", t) for key, t in (("retrieved", r), ("ground_truth", q), ("shuffled", s))}
+        if video is None or not meta.is_file() or any(a is None for a in audio.values()):
+            missing.append(q)
+            continue
+        fps = float(json.loads(meta.read_text())["fps"])
+        for key, peaks in audio.items():
+            scores[key].append(av_align(peaks, video, fps, variant))
+    if not scores["retrieved"]:
+        return None
+    out = {key: float(np.mean(vals)) for key, vals in scores.items()}
+    out.update(variant=variant, n=len(scores["retrieved"]), missing=missing)
+    return out
+
+
+def recall_curve_png(metrics, path):
+    """Recall@K curves (both directions, chance and CCA where present) as a PNG."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    def curve(block):
+        ks = sorted(int(k[2:]) for k in block if k.startswith("R@"))
+        return ks, [block[f"R@{k}"] for k in ks]
+
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for direction, style in (("video_to_music", "-o"), ("music_to_video", "-s")):
+        if metrics.get(direction):
+            ax.plot(*curve(metrics[direction]), style, label=f"{metrics.get('model', 'model')} {direction.replace('_', ' ')}")
+        cca = (metrics.get("baselines") or {}).get("cca")
+        if cca and cca.get(direction):
+            ax.plot(*curve(cca[direction]), style, alpha=0.5, label=f"CCA {direction.replace('_', ' ')}")
+    chance = (metrics.get("baselines") or {}).get("chance")
+    if chance:
+        ax.plot(*curve(chance), "k--", label="chance")
+    ax.set_xscale("log")
+    ax.set_xlabel("K")
+    ax.set_ylabel("Recall@K")
+    ax.set_ylim(0, 1)
+    ax.set_title(f"whole gallery, N = {metrics.get('gallery', '?')}")
+    ax.legend(fontsize=7)
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    from feature_extraction.atomic import atomic_path
+
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=100)
+    plt.close(fig)
+    return Path(path)

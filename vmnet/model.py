@@ -1,0 +1,69 @@
+"""VM-NET (Hong, Im, Yang 2018): two fully connected branches into one 512-d unit sphere.
+
+Music branch (3 layers): FC2048-BN-ReLU-Dropout, FC1024-ReLU-Dropout, FC512-BN, L2.
+Video branch (2 layers): FC2048-BN-ReLU-Dropout, FC512-BN, L2. Each extra layer adds
+FC1024-ReLU-Dropout before the last one. Weights He truncated-normal (std sqrt(2/fan_in),
+cut at 2 std as TF's truncated_normal), biases 0. BatchNorm eps 1e-3 and momentum 0.01
+(PyTorch's convention for TF's decay 0.99).
+"""
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+def linear(n_in, n_out):
+    layer = nn.Linear(n_in, n_out)
+    std = math.sqrt(2.0 / n_in)
+    nn.init.trunc_normal_(layer.weight, std=std, a=-2 * std, b=2 * std)
+    nn.init.zeros_(layer.bias)
+    return layer
+
+
+def batch_norm(n):
+    return nn.BatchNorm1d(n, eps=1e-3, momentum=0.01)
+
+
+def branch(in_dim, num_layers, embed_dim=512, first=2048, hidden=1024, dropout=0.1):
+    """FC(first)-BN-ReLU-Dropout, (num_layers - 2) x FC(hidden)-ReLU-Dropout, FC(embed_dim)-BN."""
+    if num_layers < 2:
+        raise ValueError(f"a branch needs at least 2 layers, got {num_layers}")
+    layers = [linear(in_dim, first), batch_norm(first), nn.ReLU(), nn.Dropout(dropout)]
+    width = first
+    for _ in range(num_layers - 2):
+        layers += [linear(width, hidden), nn.ReLU(), nn.Dropout(dropout)]
+        width = hidden
+    layers += [linear(width, embed_dim), batch_norm(embed_dim)]
+    return nn.Sequential(*layers)
+
+
+class VMNet(nn.Module):
+    def __init__(self, video_dim, audio_dim, num_layers_video=2, num_layers_music=3, embed_dim=512, dropout=0.1):
+        super().__init__()
+        self.video = branch(video_dim, num_layers_video, embed_dim, dropout=dropout)
+        self.music = branch(audio_dim, num_layers_music, embed_dim, dropout=dropout)
+
+    def embed_video(self, video):
+        return F.normalize(self.video(video), dim=1)
+
+    def embed_music(self, audio):
+        return F.normalize(self.music(audio), dim=1)
+
+    def forward(self, video, audio):
+        return self.embed_video(video), self.embed_music(audio)
+
+
+def model_from_checkpoint(ckpt):
+    """Rebuild a VMNet in eval mode from a checkpoint dict written by vmnet/train.py."""
+    cfg = ckpt["config"]
+    model = VMNet(cfg["video_dim"], cfg["audio_dim"], cfg["num_layers_video"], cfg["num_layers_music"], cfg["embed_dim"], cfg["dropout"])
+    model.load_state_dict(ckpt["model"])
+    return model.eval()
+
+
+@torch.no_grad()
+def embed_rows(embed, rows, batch=4096, device="cpu"):
+    """Apply an embedding function to (n, D) numpy rows in batches on `device` -> (n, E) float32 numpy."""
+    out = [embed(torch.as_tensor(rows[i:i + batch], dtype=torch.float32, device=device)).cpu() for i in range(0, len(rows), batch)]
+    return torch.cat(out).numpy()
