@@ -11,7 +11,6 @@ a fresh subprocess, shows whether memory grows with video length.
 """
 import json
 import os
-import resource
 import subprocess
 import sys
 import tempfile

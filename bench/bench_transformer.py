@@ -113,6 +113,7 @@ def evaluation(device, n, rerank_queries, rerank=100):
     gt_ranks(scores), gt_ranks(scores.T)
     vmnet_seconds = time.perf_counter() - began
 
+    rerank = min(rerank, n)
     candidates = top_columns(pooled[:rerank_queries], rerank)
     pairs = np.stack([np.repeat(np.arange(rerank_queries), rerank), candidates.ravel()], 1)
     began = time.perf_counter()

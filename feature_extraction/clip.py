@@ -167,7 +167,7 @@ def add_arguments(parser):
 def build(args):
     from feature_extraction.weights import checkpoint_path
 
-    l2 = getattr(args, "clip_l2", False)
+    l2 = args.clip_l2
     visual = load_visual(checkpoint_path("clip_vit_b32", args.weights)).to(args.device)
     model = (lambda x: F.normalize(visual(x), dim=-1)) if l2 else visual
     preprocess = ImagePreprocess(visual.resolution, visual.resolution, "bicubic", CLIP_MEAN, CLIP_STD)

@@ -53,7 +53,7 @@ class FramewiseExtractor(Extractor):
         self.token, self.folder = token, folder
         self.model, self.preprocess = model, preprocess
         self.provenance = provenance
-        self.batch_size, self.device = max(1, int(batch_size or 16)), device
+        self.batch_size, self.device = max(1, int(batch_size)), device
 
     def outputs(self):
         return {self.folder: self.provenance}

@@ -305,19 +305,22 @@ class I3DExtractor(Extractor):
             if self.device.type == "cpu":
                 print("warning: RAFT on CPU takes minutes per second of video; use --flow_method farneback "
                       "or --device cuda", file=sys.stderr)
-        self.options = {"fps": self.frame_rate, "stack": STACK, "step": STACK, "side": SIDE, "crop": CROP,
-                        "layout": layout, "flow_method": self.method, "flow_clip": FLOW_CLIP, "fp16": args.fp16}
+        rgb = {"fps": self.frame_rate, "stack": STACK, "step": STACK, "side": SIDE, "crop": CROP, "layout": layout,
+               "fp16": args.fp16}
+        flow = {**rgb, "flow_method": self.method, "flow_clip": FLOW_CLIP}
         if self.method == "raft":
-            self.options["raft_iters"] = args.raft_iters
+            flow["raft_iters"] = args.raft_iters
+        self.options = {"rgb": rgb, "flow": flow}  # the RGB folder does not depend on the flow settings
 
-    def _meta(self, model, checkpoint):
-        return {"model": model, **checkpoint, "options": self.options, "rate": self.frame_rate / STACK}
+    def _meta(self, model, checkpoint, options):
+        return {"model": model, **checkpoint, "options": options, "rate": self.frame_rate / STACK}
 
     def outputs(self):
-        out = {"i3d_rgb": self._meta("i3d_rgb", self.provenance["rgb"]),
-               "i3d_flow": self._meta("i3d_flow", self.provenance["flow"])}
+        out = {"i3d_rgb": self._meta("i3d_rgb", self.provenance["rgb"], self.options["rgb"]),
+               "i3d_flow": self._meta("i3d_flow", self.provenance["flow"], self.options["flow"])}
         if self.concat:
-            out["i3d"] = self._meta("i3d [flow | rgb]", {"rgb": self.provenance["rgb"], "flow": self.provenance["flow"]})
+            both = {"rgb": self.provenance["rgb"], "flow": self.provenance["flow"]}
+            out["i3d"] = self._meta("i3d [flow | rgb]", both, self.options["flow"])
         return out
 
     def files(self, vid):

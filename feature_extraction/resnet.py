@@ -62,7 +62,7 @@ def add_arguments(parser):
 def build(args):
     from feature_extraction.weights import checkpoint_path
 
-    depth = getattr(args, "resnet", 101)
+    depth = args.resnet
     name = f"resnet{depth}"
     model = load_model(checkpoint_path(name, args.weights), depth).to(args.device)
     info = provenance(name, name, args.weights,

@@ -152,7 +152,7 @@ class VGGishExtractor(Extractor):
     def __init__(self, model, pca, provenance, batch_size=32, device="cpu"):
         self.model, self.pca, self.provenance = model, pca, provenance
         self.folder = "vggish_pca" if pca is not None else "vggish"
-        self.batch_size, self.device = max(1, int(batch_size or 32)), device
+        self.batch_size, self.device = max(1, int(batch_size)), device
 
     def outputs(self):
         return {self.folder: self.provenance}
@@ -186,8 +186,10 @@ class VGGishExtractor(Extractor):
         self._run_batch()
         rows = np.concatenate(self.rows) if self.rows else np.zeros((0, EMBEDDING), np.float32)
         self.rows = []
-        if t_audio < 1 or len(rows) < 1:
+        if t_audio < 1:
             raise InputError("less than one second of audio")
+        if len(rows) < t_audio:
+            raise InputError(f"vggish: {len(rows)} examples for {t_audio} s of audio")
         return {f"{self.folder}/{self.vid}.npy": np.ascontiguousarray(rows[:t_audio], dtype=np.float32)}
 
 
@@ -201,7 +203,7 @@ def add_arguments(parser):
 def build(args):
     from feature_extraction import weights
 
-    pca = getattr(args, "pca", False)
+    pca = args.pca
     model = load_model(weights.checkpoint_path("vggish", args.weights)).to(args.device)
     info = {"model": "vggish", **weights.provenance("vggish", args.weights),
             "options": {"pca": pca, "example_seconds": 0.96, "hop_seconds": 1.0},

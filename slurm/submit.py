@@ -63,12 +63,24 @@ def parse_args(argv=None):
 
 
 def required_checkpoints(features, extract_args):
-    """(checkpoint names, 'official' or 'random') that extract.py would load for FEATURES and its flags."""
-    from feature_extraction import extract
+    """(checkpoint names, 'official' or 'random') that extract.py would load for FEATURES and its flags.
 
-    args = extract.build_parser(extract.feature_modules()).parse_args(
-        ["--videos", "-", "--out", "-", "--features", *features, *extract_args])
-    tokens = list(extract.TOKENS) if "all" in args.features else args.features
+    Reads only the flags that choose a checkpoint (defaults as in the feature modules), so that
+    submitting does not import torch and every model module.
+    """
+    from feature_extraction.extract import TOKENS
+
+    p = argparse.ArgumentParser(add_help=False)
+    p.add_argument("--weights", choices=["official", "random"], default="official")
+    p.add_argument("--resnet", type=int, default=101)
+    p.add_argument("--pca", action="store_true")
+    p.add_argument("--i3d_imagenet", action="store_true")
+    p.add_argument("--flow_method", default="raft")
+    args, _ = p.parse_known_args(extract_args)
+    tokens = list(TOKENS) if "all" in features else features
+    unknown = [t for t in tokens if t not in TOKENS]
+    if unknown:
+        raise SystemExit(f"unknown FEATURES token(s) {' '.join(unknown)}; known: {' '.join(TOKENS)} all")
     names = []
     if "resnet" in tokens:
         names.append(f"resnet{args.resnet}")
@@ -160,8 +172,7 @@ def submit(stage, env_vars, tasks, options, out, dry_run, resubmit_of=None):
 
 
 def in_queue(jobs):
-    result = subprocess.run(["squeue", "-h", "-o", "%i", "-j", ",".join(jobs)], 
-                            capture_output=True, text=True)
+    result = subprocess.run(["squeue", "-h", "-o", "%i", "-j", ",".join(jobs)], capture_output=True, text=True)
     return result.returncode == 0 and bool(result.stdout.strip())
 
 
@@ -178,22 +189,23 @@ def wait_and_report(out, job, poll):
         print("\n".join(records.describe(task, tasks[task])))
     status = 1 if failed else 0
     if job_record.get("merge_job"):
-        merge = records.task_record_path(out, job_record["merge_job"], 0)
-        rec = json.loads(merge.read_text()) if merge.exists() else None
+        merge_job = job_record["merge_job"]
+        path = records.task_record_path(out, merge_job, 0)
+        rec = json.loads(path.read_text()) if path.exists() else None
         if rec is None or rec["exit"] != 0:
-            print("\n".join(records.describe("merge", rec)).replace("task merge", f"merge job {job_record['merge_job']}"))
+            print("\n".join(records.describe(f"merge job {merge_job}", rec)).replace("task merge job", "merge job"))
             status = 1
         else:
-            print(f"merge job {job_record['merge_job']}: ok")
+            print(f"merge job {merge_job}: ok")
     if failed:
         print(f"{len(failed)} failed; rerun them with: python slurm/submit.py --out {out} --resubmit_failed {job}")
     return status
 
 
 def resubmit_failed(args, out):
-    job_record, tasks = records.job_summary(out, args.resubmit_failed)
     if in_queue([args.resubmit_failed]):
         raise SystemExit(f"job {args.resubmit_failed} is still in the queue; wait for it (or scancel it) first")
+    job_record, tasks = records.job_summary(out, args.resubmit_failed)
     failed = records.failed_tasks(tasks)
     if not failed:
         print(f"job {args.resubmit_failed}: no failed tasks", file=sys.stderr)

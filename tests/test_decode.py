@@ -152,3 +152,30 @@ def test_missing_streams_and_unreadable_files(make_clip, tmp_path):
     faststart.write_bytes(data[: len(data) // 2])
     with pytest.raises(InputError, match=r"decode failed near \d+\.\d s: Invalid data"):
         run_pass(faststart, [Recorder(audio_rate=16000)])
+
+
+def test_make_clip_is_deterministic_and_follows_its_arguments(tmp_path):
+    import av
+
+    from feature_extraction.make_sample import make_clip
+
+    a = make_clip(tmp_path / "a.mov", seconds=1.5, fps=29.97, channels=1, sample_rate=22050, seed=3)
+    b = make_clip(tmp_path / "b.mov", seconds=1.5, fps=29.97, channels=1, sample_rate=22050, seed=3)
+    assert a.read_bytes() == b.read_bytes()
+    with av.open(str(a)) as c:
+        v, s = c.streams.video[0], c.streams.audio[0]
+        assert (v.codec_context.name, v.average_rate, v.width, v.height) == ("h264", Fraction(30000, 1001), 64, 48)
+        assert (s.codec_context.name, s.sample_rate, s.channels) == ("aac", 22050, 1)
+    with av.open(str(make_clip(tmp_path / "c.webm", seconds=1, channels=6))) as c:
+        assert c.streams.video[0].codec_context.name == "vp9" and c.streams.audio[0].channels == 6
+
+
+def test_motion_square_moves_only_in_the_given_seconds(make_clip):
+    class Frames(Recorder):
+        def add_frame(self, index, frame):
+            self.frames.append((frame.pts, frame.rgb().astype(np.int16)))
+
+    rec = Frames(frame_rate=None)
+    run_pass(make_clip("moving.mp4", seconds=3, motion=[(1, 2)], audio=False), [rec])
+    moved = [t for (_, a), (t, b) in zip(rec.frames, rec.frames[1:]) if np.abs(b - a).max() > 40]
+    assert moved and min(moved) > 1 and max(moved) <= 2.04

@@ -104,6 +104,16 @@ def test_i3d_in_the_extraction_pass(vmr_env, make_clip, tmp_path):
     assert meta["options"]["flow_method"] == "farneback" and meta["weights"] == "random"
 
 
+
+def test_raft_on_cpu_warns_once_and_records_its_checkpoint(vmr_env, capsys):
+    ex = i3d.build(_args(flow_method="raft", raft_iters=1))
+    assert capsys.readouterr().err.count("RAFT on CPU") == 1
+    meta = ex.outputs()["i3d_flow"]
+    assert meta["options"]["flow_method"] == "raft" and meta["options"]["raft_iters"] == 1
+    assert meta["flow_checkpoint"]["checkpoint"] == "raft_large_C_T_SKHT_V1-0b8c9e55.pth"
+    a = np.random.default_rng(0).integers(0, 256, (128, 128, 3), dtype=np.uint8)
+    assert ex.flow([a], [a]).shape == (1, 2, 128, 128)
+
 @pytest.mark.cuda
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 def test_fp16_rows_match_fp32(vmr_env):
@@ -116,3 +126,8 @@ def test_fp16_rows_match_fp32(vmr_env):
         a, b = full[key], half[key]
         cos = (a * b).sum(1) / np.linalg.norm(a, axis=1) / np.linalg.norm(b, axis=1)
         assert cos.min() >= 0.99, (key, cos)
+
+
+def test_fp16_refused_on_cpu():
+    with pytest.raises(SystemExit, match="--fp16 needs --device cuda"):
+        i3d.build(_args(fp16=True))

@@ -65,6 +65,8 @@ def _wait(predicate, timeout, what):
 
 
 class LocalSlurm:
+    """start() brings the cluster up (about a second); run() calls a client with our SLURM_CONF; stop() by PID."""
+
     def __init__(self, root):
         self.root = Path(root)
         self.pids = {}
@@ -77,6 +79,14 @@ class LocalSlurm:
         self.pids[name] = int(pid_file.read_text().split()[0])
 
     def start(self):
+        try:
+            return self._start_all()
+        except (subprocess.CalledProcessError, TimeoutError) as e:
+            logs = "".join(f"\n--- {p.name}\n" + p.read_text(errors="replace")[-2000:] for p in sorted(self.root.rglob("*.log")))
+            stderr = getattr(e, "stderr", None) or b""
+            raise RuntimeError(f"{e} {stderr.decode(errors='replace')}{logs}") from e
+
+    def _start_all(self):
         r = self.root
         munge = r / "munge"
         munge.mkdir(mode=0o755, parents=True)
@@ -133,7 +143,7 @@ PartitionName=debug Nodes=localhost Default=YES MaxTime=INFINITE State=UP
     def run(self, *argv, check=True):
         return subprocess.run([_which(argv[0]), *argv[1:]], env=self.env, capture_output=True, text=True, check=check)
 
-    def wait_queue_empty(self, timeout=60, job=None):
+    def wait_queue_empty(self, timeout=300, job=None):
         argv = ["squeue", "-h"] + (["-j", str(job)] if job else [])
         _wait(lambda: not self.run(*argv, check=False).stdout.strip(), timeout, "empty queue")
 
@@ -261,7 +271,10 @@ def test_array_matches_local_run_and_failed_task_is_resubmitted(env, clips, loca
         assert Path(task_record["log"]).is_file()
 
     assert_same_arrays(out, local_run, ids)
-    assert ranks_ids(out) == ranks_ids(local_run) == sorted(ids)  # rebuilt by the merge job
+    assert f"merge job {record['merge_job']}: ok" in r.stdout
+    last_task = max(p.stat().st_mtime_ns for p in (out / ".slurm" / job).glob("*.json"))
+    assert (out / "flow" / "ranks.csv").stat().st_mtime_ns > last_task  # rewritten by the merge job, after all tasks
+    assert ranks_ids(out) == ranks_ids(local_run) == sorted(ids)
     assert (out / "flow" / "ranks.csv").read_text() == (local_run / "flow" / "ranks.csv").read_text()
     assert json.loads((out / "manifest.json").read_text())
 

@@ -135,16 +135,17 @@ def query_items(paths, ckpt, flow_ranks=None, segments_from="ranks", extract_arg
     extracted = {}
     if media:
         folders = ((ckpt.get("features") or {}).get("video") or "clip").split("+")
-        work_dir = Path(tempfile.mkdtemp(prefix="vmr_query_"))
         tokens, flags = folder_tokens(folders)
-        run_extraction(media, tokens + ["flow"], flags, work_dir, list(extract_args))
-        for p in media:
-            parts = [work_dir / f / f"{p.stem}.npy" for f in folders]
-            flow = work_dir / "flow" / f"{p.stem}.json"
-            if all(x.is_file() for x in parts) and flow.is_file():
-                rows = [np.load(x) for x in parts]
-                t = min(len(x) for x in rows)
-                extracted[str(p)] = (np.concatenate([x[:t] for x in rows], axis=1), json.loads(flow.read_text()))
+        with tempfile.TemporaryDirectory(prefix="vmr_query_") as tmp:
+            work_dir = Path(tmp)
+            run_extraction(media, tokens + ["flow"], flags, work_dir, list(extract_args))
+            for p in media:
+                parts = [work_dir / f / f"{p.stem}.npy" for f in folders]
+                flow = work_dir / "flow" / f"{p.stem}.json"
+                if all(x.is_file() for x in parts) and flow.is_file():
+                    rows = [np.load(x) for x in parts]
+                    t = min(len(x) for x in rows)
+                    extracted[str(p)] = (np.concatenate([x[:t] for x in rows], axis=1), json.loads(flow.read_text()))
     items = []
     for p in paths:
         try:

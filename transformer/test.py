@@ -84,8 +84,6 @@ def evaluate(checkpoint, test_data_dir, test_csv, out, flow_ranks=None, segments
     items = load_items(test_data_dir, ids, flow_ranks, segments_from, cfg["max_seq_len"], max_seconds,
                        run_args.get("n_bkps", 7), run_args.get("min_seconds", 10))
     ids, n = [it.id for it in items], len(items)
-    if n < 2:
-        raise ValueError(f"{test_csv}: need at least 2 usable test ids, got {n}")
     music = [it.audio for it in items]
     embedded = embed_items(model, items, batch_size)
     if music_segments == "audio":

@@ -1,4 +1,4 @@
-"""Evaluate a VM-NET checkpoint on the whole test gallery.
+r"""Evaluate a VM-NET checkpoint on the whole test gallery.
 
     python vmnet/test.py --checkpoint runs/vmnet/best.pt --test_data_dir data/yt8m \
         --test_csv_path data/yt8m/test.csv --out runs/vmnet/metrics.json

@@ -1,4 +1,4 @@
-"""Train VM-NET on mean-pooled per-second features.
+r"""Train VM-NET on mean-pooled per-second features.
 
     python vmnet/train.py --train_data_dir data/yt8m --train_csv_path data/yt8m/train.csv \
         --test_data_dir data/yt8m --test_csv_path data/yt8m/test.csv --save_dir runs/vmnet
