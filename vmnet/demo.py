@@ -119,6 +119,9 @@ def main(argv=None):
                         help="run i3d on every clip, not only the held-out ones (also FULL=1, as in `make demo FULL=1`)")
     parser.add_argument("--weights", choices=["auto", "official", "random"], default="auto",
                         help="auto (default): official checkpoints when they can be had, else random ones, said loudly")
+    parser.add_argument("--i3d_seconds", type=int, default=4,
+                        help="seconds of each held-out clip given to I3D (about 10 CPU-seconds per video second); "
+                             "ignored with --full (default: 4)")
     parser.add_argument("--n", type=int, default=12, help="number of generated clips (default: 12)")
     parser.add_argument("--seconds", type=int, default=20, help="length of each clip in seconds (default: 20)")
     parser.add_argument("--epochs", type=int, default=30, help="VM-NET epochs (default: 30)")
@@ -158,15 +161,16 @@ def main(argv=None):
         return f"{len(read_ids(data / 'train.csv'))} train / {len(state['test_ids'])} test ids (clip + vggish)"
 
     def i3d():
-        ids = None if args.full else state["test_ids"]
-        target = videos
-        if ids is not None:
-            target = out / "i3d_videos.txt"
-            target.write_text("".join(f"{p}\n" for p in sorted(videos.iterdir()) if p.stem in ids))
-        demo.run(EXTRACT, "--videos", target, "--out", features, "--features", "i3d", "--flow_method", "farneback",
+        if args.full:  # every clip, whole length; --overwrite replaces rows a capped run left
+            scope = ["--videos", videos, "--overwrite"]
+        else:
+            held_out = out / "i3d_videos.txt"
+            held_out.write_text("".join(f"{p}\n" for p in sorted(videos.iterdir()) if p.stem in state["test_ids"]))
+            scope = ["--videos", held_out, "--max_seconds", args.i3d_seconds]
+        demo.run(EXTRACT, *scope, "--out", features, "--features", "i3d", "--flow_method", "farneback",
                  "--weights", state["weights"], "--threads", args.threads)
         return f"i3d_rgb {count_files(features / 'i3d_rgb')}, i3d_flow {count_files(features / 'i3d_flow')} files" + (
-            "" if args.full else " (held-out clips; --full for all)")
+            "" if args.full else f" (first {args.i3d_seconds} s of the held-out clips; FULL=1 for all)")
 
     def train_vmnet():
         shutil.rmtree(vmnet_dir, ignore_errors=True)
