@@ -115,8 +115,9 @@ def make_sample(out_dir, n=12, seconds=20, width=320, height=240, fps=25):
             x = f"abs(mod(t*{tempo}*{2 * span},{2 * span})-{span})"
             parts.append(
                 f"color=c={PALETTE[colour]}:s={width}x{height}:r={fps}:d={length},format=yuv420p,"
-                f"drawgrid=w={width // (2 + colour)}:h={height // (2 + colour)}:t=2:c=white@0.6,"
-                f"drawbox=x='{x}':y={(height - side) // 2}:w={side}:h={side}:color=black:t=fill[v{k}]"
+                f"drawgrid=w={width // (2 + colour)}:h={height // (2 + colour)}:t=2:c=white@0.6[bg{k}];"
+                f"color=c=black:s={side}x{side}:r={fps}:d={length},format=yuv420p[sq{k}];"
+                f"[bg{k}][sq{k}]overlay=x='{x}':y={(height - side) // 2}:eval=frame:shortest=1[v{k}]"
             )
             pitch = 220 * 2 ** (colour / 4)
             tone = f"(sin(2*PI*{pitch}*t)+0.5*sin(4*PI*{pitch}*t))*exp(-5*mod(t*{tempo},1))*0.4"

@@ -4,8 +4,8 @@
 
 Stages: sample (12 generated clips of 20 s) -> weights (official when they can be had, else
 seeded random ones, said loudly) -> features (resnet, clip, vggish, flow, avpeaks on every clip)
--> prepare (clip + vggish, seeded train/test split) -> i3d (Farneback flow) on the held-out clips
-(every clip with --full) -> VM-NET train + test -> Transformer train + test -> retrieval of music
+-> prepare (clip + vggish, seeded train/test split) -> i3d (Farneback flow) on the first
+--i3d_seconds of the held-out clips (every clip, whole, with --full; I3D is the costly model on CPU) -> VM-NET train + test -> Transformer train + test -> retrieval of music
 for one held-out clip with both models -> report.html. Every stage is the command a user would
 type (shown before it runs), so the demo doubles as a walk-through; it prints a one-line summary
 and the time of each stage, a table of all stages at the end, and the report's path last.

@@ -115,11 +115,15 @@ def metrics_table(runs):
         m = run["metrics"]
         baselines = m.get("baselines") or {}
         chance, cca = directions(baselines.get("chance")), directions(baselines.get("cca"))
+        headline = f', {m["scoring"]} scoring' if m.get("scoring") else ""
         for d, arrow in DIRECTIONS:
             if not m.get(d):
                 continue
-            model = f'{run["name"]} ({m.get("model", "?")}), N = {m.get("gallery", "?")}, {arrow}'
+            model = f'{run["name"]} ({m.get("model", "?")}){headline}, N = {m.get("gallery", "?")}, {arrow}'
             rows.append(metric_row(model, m[d], ks))
+            for scoring, block in (m.get("scorings") or {}).items():  # the Transformer's other track score
+                if scoring != m.get("scoring") and (block or {}).get(d):
+                    rows.append(metric_row(f'{run["name"]}, {scoring} scoring, {arrow}', block[d], ks))
             if d in chance:
                 rows.append(metric_row(f"  chance, {arrow}", chance[d], ks, "baseline"))
             if d in cca:
@@ -218,7 +222,8 @@ def training_curves(runs):
     recall_ax.set(xlabel="epoch", ylabel="recall", title="validation recall", ylim=(0, 1.02))
     for ax in (loss_ax, recall_ax):
         ax.grid(alpha=0.3)
-        ax.legend(fontsize=8)
+        if ax.get_legend_handles_labels()[0]:
+            ax.legend(fontsize=8)
     return png_data_uri(fig)
 
 
