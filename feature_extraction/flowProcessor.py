@@ -133,12 +133,10 @@ def read_ranks_csv(path):
 
 def plot_png(result, signal, rate):
     """PNG bytes: the trajectory with segment boundaries and each segment's rank."""
-    import matplotlib
+    from matplotlib.figure import Figure  # no pyplot: never touches the caller's backend (notebooks)
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(10, 3.2), dpi=100)
+    fig = Figure(figsize=(10, 3.2), dpi=100)
+    ax = fig.subplots()
     t = np.arange(len(signal)) / rate
     ax.plot(t, signal, lw=0.8, color="tab:blue")
     seg, ranks, means = result["segments"], result["ranks"], result["means"]
@@ -152,7 +150,6 @@ def plot_png(result, signal, rate):
     fig.tight_layout()
     buf = io.BytesIO()
     fig.savefig(buf, format="png")
-    plt.close(fig)
     return buf.getvalue()
 
 

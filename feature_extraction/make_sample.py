@@ -8,6 +8,7 @@ import subprocess
 from pathlib import Path
 
 import numpy as np
+from tqdm import tqdm
 
 from feature_extraction.atomic import atomic_path
 
@@ -104,7 +105,7 @@ def make_sample(out_dir, n=12, seconds=20, width=320, height=240, fps=25):
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     paths = []
-    for i in range(n):
+    for i in tqdm(range(n), unit="clip", desc="sample"):
         rng = np.random.default_rng(1000 + i)
         lengths = [5.0] * int(seconds // 5) + ([seconds % 5] if seconds % 5 else [])
         parts, labels = [], []

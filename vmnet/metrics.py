@@ -252,16 +252,14 @@ def av_align_report(query_ids, retrieved_ids, peaks_dir, variant="2025", seed=0)
 
 def recall_curve_png(metrics, path):
     """Recall@K curves (both directions, chance and CCA where present) as a PNG."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from matplotlib.figure import Figure  # no pyplot: never touches the caller's backend (notebooks)
 
     def curve(block):
         ks = sorted(int(k[2:]) for k in block if k.startswith("R@"))
         return ks, [block[f"R@{k}"] for k in ks]
 
-    fig, ax = plt.subplots(figsize=(6, 4))
+    fig = Figure(figsize=(6, 4))
+    ax = fig.subplots()
     for direction, style in (("video_to_music", "-o"), ("music_to_video", "-s")):
         if metrics.get(direction):
             ax.plot(*curve(metrics[direction]), style, label=f"{metrics.get('model', 'model')} {direction.replace('_', ' ')}")
@@ -283,5 +281,4 @@ def recall_curve_png(metrics, path):
 
     with atomic_path(path) as tmp:
         fig.savefig(tmp, format="png", dpi=100)
-    plt.close(fig)
     return Path(path)

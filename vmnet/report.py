@@ -106,6 +106,12 @@ def metric_row(label, block, ks, css=""):
     return f"<tr{cls}><td>{html.escape(label)}</td>" + "".join(f"<td>{c}</td>" for c in cells) + "</tr>"
 
 
+def run_label(run):
+    """The run's name, with the model's name when the two differ."""
+    model = run["metrics"].get("model", "?")
+    return run["name"] if model == run["name"] else f'{run["name"]} ({model})'
+
+
 def metrics_table(runs):
     """One table: for each run and direction the model's row, then chance and CCA on the same gallery."""
     ks = k_columns(runs)
@@ -119,7 +125,7 @@ def metrics_table(runs):
         for d, arrow in DIRECTIONS:
             if not m.get(d):
                 continue
-            model = f'{run["name"]} ({m.get("model", "?")}){headline}, N = {m.get("gallery", "?")}, {arrow}'
+            model = f'{run_label(run)}{headline}, N = {m.get("gallery", "?")}, {arrow}'
             rows.append(metric_row(model, m[d], ks))
             for scoring, block in (m.get("scorings") or {}).items():  # the Transformer's other track score
                 if scoring != m.get("scoring") and (block or {}).get(d):
@@ -157,7 +163,7 @@ def extras_table(runs):
         m = run["metrics"]
         for key in ("fad", "av_align"):
             for name, value in flat_items(key, m.get(key)):
-                shown = f"{value:.4f}" if isinstance(value, float) else str(value)
+                shown = f"{value:.4f}".replace("-0.0000", "0.0000") if isinstance(value, float) else str(value)
                 rows.append(f'<tr><td>{html.escape(run["name"])}</td><td class="id">{html.escape(name)}</td><td>{shown}</td></tr>')
     if not rows:
         return ""
@@ -177,7 +183,7 @@ def recall_curves(runs):
         block = m.get("video_to_music") or {}
         ks = [k for k in k_columns([run]) if k in block]
         xs = [int(k[2:]) for k in ks]
-        line = ax.plot(xs, [block[k] for k in ks], marker="o", label=f'{run["name"]} ({m.get("model", "?")})')[0]
+        line = ax.plot(xs, [block[k] for k in ks], marker="o", label=run_label(run))[0]
         baselines = m.get("baselines") or {}
         for name, style in (("chance", ":"), ("cca", "--")):
             base = directions(baselines.get(name)).get("video_to_music")

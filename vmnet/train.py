@@ -108,13 +108,11 @@ def write_log(save_dir, history, plot=True):
 
 
 def plot_log(history, path):
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from matplotlib.figure import Figure  # no pyplot: never touches the caller's backend (notebooks)
 
     epochs = [row["epoch"] for row in history]
-    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(9, 3.5))
+    fig = Figure(figsize=(9, 3.5))
+    ax1, ax2 = fig.subplots(1, 2)
     ax1.plot(epochs, [row["train_loss"] for row in history], "-o", ms=3)
     ax1.set_xlabel("epoch")
     ax1.set_ylabel("training loss")
@@ -125,11 +123,11 @@ def plot_log(history, path):
     ax2.set_xlabel("epoch")
     ax2.set_ylabel("validation recall (video -> music)")
     ax2.set_ylim(0, 1)
-    ax2.legend()
+    if ax2.lines:
+        ax2.legend()
     fig.tight_layout()
     with atomic_path(path) as tmp:
         fig.savefig(tmp, format="png", dpi=90)
-    plt.close(fig)
 
 
 def plain_args(args):
