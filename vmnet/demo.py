@@ -120,7 +120,7 @@ def main(argv=None):
     parser.add_argument("--weights", choices=["auto", "official", "random"], default="auto",
                         help="auto (default): official checkpoints when they can be had, else random ones, said loudly")
     parser.add_argument("--i3d_seconds", type=int, default=4,
-                        help="seconds of each held-out clip given to I3D (about 10 CPU-seconds per video second); "
+                        help="seconds of each held-out clip given to I3D (about 3.5 s per video second on 2 cores); "
                              "ignored with --full (default: 4)")
     parser.add_argument("--n", type=int, default=12, help="number of generated clips (default: 12)")
     parser.add_argument("--seconds", type=int, default=20, help="length of each clip in seconds (default: 20)")
