@@ -41,3 +41,14 @@ def make_clip(tmp_path):
         return _make_clip(tmp_path / name, seconds=seconds, **kwargs)
 
     return factory
+
+
+@pytest.fixture
+def one_torch_thread():
+    """Tiny models run far faster on one torch thread than on two; restore the count afterwards."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

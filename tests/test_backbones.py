@@ -19,12 +19,7 @@ with warnings.catch_warnings():
     from clip.model import VisionTransformer
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")  # tiny models: one thread is fastest
 
 
 def assert_not_degenerate(rows):

@@ -7,9 +7,7 @@ import torch
 
 from feature_extraction import avpeaks, flowProcessor as fp, optical_flow
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    torch.set_num_threads(1)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def _texture(h, w, seed=0):

@@ -10,9 +10,7 @@ import torch
 from feature_extraction import i3d
 from feature_extraction.base import Frame, VideoInfo
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    torch.set_num_threads(1)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def test_both_layouts_give_the_same_output_once_eps_is_matched(tmp_path):

@@ -14,12 +14,7 @@ from transformer.scoring import aligned_scores, embed_items
 CODES = 16
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")  # tiny models: one thread is fastest
 
 
 def write_permutation_data(root, n, n_test, seed=0, video_dim=16, audio_dim=128):
