@@ -7,11 +7,8 @@ import signal
 import socket
 import subprocess
 import sys
-import threading
 import time
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from urllib.parse import urlsplit
 
 import pytest
 
@@ -19,63 +16,6 @@ from feature_extraction import downloadYt
 from feature_extraction.make_sample import make_clip
 
 REPO = Path(__file__).resolve().parents[1]
-
-
-class MediaHandler(BaseHTTPRequestHandler):
-    """Serves `server.files` with Range support; also answers as an HTTP proxy (absolute URLs)."""
-
-    def log_message(self, *args):
-        pass
-
-    def do_GET(self):
-        server = self.server
-        proxied = self.path.startswith("http://")
-        path = urlsplit(self.path).path if proxied else self.path
-        server.requests.append((path, self.headers.get("Range"), proxied))
-        fault = server.faults.get(path)
-        if isinstance(fault, int):
-            self.send_error(fault)
-            return
-        data = server.files.get(path)
-        if data is None:
-            self.send_error(404)
-            return
-        start = int(self.headers["Range"][6:].split("-")[0]) if self.headers.get("Range") else 0
-        body = data[start:]
-        self.send_response(206 if start else 200)
-        self.send_header("Content-Type", "video/mp4")
-        self.send_header("Accept-Ranges", "bytes")
-        if start:
-            self.send_header("Content-Range", f"bytes {start}-{len(data) - 1}/{len(data)}")
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        if fault == "cut" and not start:  # every transfer from byte 0 stops half-way; a resumed one completes
-            self.wfile.write(body[: len(body) // 2])
-            self.wfile.flush()
-            self.close_connection = True
-            return
-        step = 8192 if fault == "slow" else len(body)
-        for i in range(0, len(body), step):
-            self.wfile.write(body[i : i + step])
-            if fault == "slow":
-                time.sleep(0.05)
-
-
-def start_server(handler):
-    httpd = ThreadingHTTPServer(("127.0.0.1", 0), handler)
-    httpd.daemon_threads = True
-    httpd.files, httpd.faults, httpd.requests = {}, {}, []
-    httpd.url = f"http://127.0.0.1:{httpd.server_port}"
-    threading.Thread(target=httpd.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True).start()
-    return httpd
-
-
-@pytest.fixture
-def server():
-    httpd = start_server(MediaHandler)
-    yield httpd
-    httpd.shutdown()
-    httpd.server_close()
 
 
 @pytest.fixture(scope="module")

@@ -3,10 +3,8 @@ import hashlib
 import multiprocessing
 import subprocess
 import sys
-import threading
 import time
 from dataclasses import replace
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
@@ -17,61 +15,6 @@ from feature_extraction.weights import CHECKPOINTS, WeightsError
 REPO = Path(__file__).resolve().parents[1]
 PAYLOAD = bytes(range(256)) * 1024 + b"tail"  # 256 KiB + 4 bytes
 NAME = "resnet50"  # the table entry the tests point at the local server
-
-
-class Handler(BaseHTTPRequestHandler):
-    """Serves `server.files` with Range support; `server.behaviour[path]` adds a fault."""
-
-    def log_message(self, *args):
-        pass
-
-    def do_GET(self):
-        server = self.server
-        server.requests.append((self.path, self.headers.get("Range")))
-        fault = server.behaviour.get(self.path)
-        if fault == "stall":
-            time.sleep(3)
-            return
-        if isinstance(fault, int):
-            self.send_error(fault)
-            return
-        data = server.files.get(self.path)
-        if data is None:
-            self.send_error(404)
-            return
-        start = int(self.headers["Range"][6:].split("-")[0]) if self.headers.get("Range") else 0
-        if start >= len(data):
-            self.send_error(416)
-            return
-        body = data[start:]
-        self.send_response(206 if start else 200)
-        if start:
-            self.send_header("Content-Range", f"bytes {start}-{len(data) - 1}/{len(data)}")
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        if fault == "cut":  # first response only: half the body, then the connection drops
-            server.behaviour.pop(self.path)
-            self.wfile.write(body[: len(body) // 2])
-            self.wfile.flush()
-            self.close_connection = True
-            return
-        step = 16384 if fault == "slow" else len(body)
-        for i in range(0, len(body), step):
-            self.wfile.write(body[i : i + step])
-            if fault == "slow":
-                time.sleep(0.02)
-
-
-@pytest.fixture
-def server():
-    httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    httpd.files, httpd.behaviour, httpd.requests = {}, {}, []
-    httpd.url = f"http://127.0.0.1:{httpd.server_port}"
-    thread = threading.Thread(target=httpd.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
-    thread.start()
-    yield httpd
-    httpd.shutdown()
-    httpd.server_close()
 
 
 @pytest.fixture
@@ -106,10 +49,10 @@ def test_download_verifies_and_records_sha256(server, cache, monkeypatch):
 
 def test_resume_after_cut_connection(server, cache, monkeypatch):
     point_at(server, monkeypatch)
-    server.behaviour["/w.pth"] = "cut"
+    server.faults["/w.pth"] = "cut"
     path = weights.checkpoint_path(NAME)
     assert path.read_bytes() == PAYLOAD
-    assert server.requests == [("/w.pth", "bytes=0-"), ("/w.pth", f"bytes={len(PAYLOAD) // 2}-")]
+    assert server.requests == [("/w.pth", "bytes=0-", False), ("/w.pth", f"bytes={len(PAYLOAD) // 2}-", False)]
 
 
 def test_resume_from_part_file_of_killed_run(server, cache, monkeypatch):
@@ -117,7 +60,7 @@ def test_resume_from_part_file_of_killed_run(server, cache, monkeypatch):
     cache.mkdir()
     (cache / f"{entry.filename}.part").write_bytes(PAYLOAD[:1000])
     assert weights.checkpoint_path(NAME).read_bytes() == PAYLOAD
-    assert server.requests == [("/w.pth", "bytes=1000-")]
+    assert server.requests == [("/w.pth", "bytes=1000-", False)]
     assert not (cache / f"{entry.filename}.part").exists()
 
 
@@ -131,7 +74,7 @@ def test_hash_mismatch_is_rejected_and_nothing_stays(server, cache, monkeypatch)
 @pytest.mark.parametrize("status", [404, 500])
 def test_http_error_names_url_and_place_to_put_file(server, cache, monkeypatch, status):
     entry = point_at(server, monkeypatch)
-    server.behaviour["/w.pth"] = status
+    server.faults["/w.pth"] = status
     with pytest.raises(WeightsError) as error:
         weights.checkpoint_path(NAME)
     message = str(error.value)
@@ -148,7 +91,7 @@ def test_no_server_is_a_one_line_error(cache, monkeypatch):
 
 def test_stalled_server_times_out(server, cache, monkeypatch):
     point_at(server, monkeypatch)
-    server.behaviour["/w.pth"] = "stall"
+    server.faults["/w.pth"] = "stall"
     monkeypatch.setenv("VMR_DOWNLOAD_TIMEOUT", "0.3")
     start = time.monotonic()
     with pytest.raises(WeightsError, match="timed out"):
@@ -196,7 +139,7 @@ def _fetch_in_child(queue):
 
 def test_two_processes_download_the_same_file(server, cache, monkeypatch):
     point_at(server, monkeypatch)
-    server.behaviour["/w.pth"] = "slow"  # about 0.3 s per transfer, so the two overlap
+    server.faults["/w.pth"] = "slow"  # about 0.3 s per transfer, so the two overlap
     context = multiprocessing.get_context("fork")  # the children inherit the patched table
     queue = context.Queue()
     children = [context.Process(target=_fetch_in_child, args=(queue,)) for _ in range(2)]
