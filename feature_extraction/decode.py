@@ -1,11 +1,13 @@
 """One streaming decode pass over a video with PyAV: video and audio packets are demuxed together,
 each decoded once, and handed to every extractor on its own clock (see base.py for the time axis).
 
+`run_pass` is a short loop over packets; `VideoSide` turns decoded frames into samples on each
+extractor's clock and `AudioSide` turns decoded audio into mono chunks at each extractor's rate.
 Memory stays flat with video length: a clock holds one frame, and each audio rate holds a
 resampling buffer of about one second.
 """
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from fractions import Fraction
 from pathlib import Path
 
@@ -17,6 +19,8 @@ from feature_extraction.base import Frame, InputError, VideoInfo
 
 AUDIO_FULL_SCALE = {"u8": 128.0, "s16": 32768.0, "s32": 2.0**31, "s64": 2.0**63, "flt": 1.0, "dbl": 1.0}
 VGGISH_RATE = 16000  # T_audio counts whole seconds at this rate
+RESET_SECONDS = 0.5  # a video timestamp that steps back further than this starts a new run of timestamps
+MAX_BANK = 1 << 22  # largest polyphase weight matrix (float64 entries) KaiserBest builds; beyond it resampy runs
 
 
 def exact(x):
@@ -50,12 +54,81 @@ class FrameClock:
         yield from self._due(end)
 
 
-class StreamResampler:
-    """resampy kaiser_best over a stream, equal (to float rounding) to resampling the whole signal.
+def kaiser_best_table(sr_in, sr_out):
+    """(window, delta, num_table, step, reach) as resampy uses them for sr_in -> sr_out: the scaled
+    kaiser_best table and its differences, table entries per input sample and per tap, and the most
+    input samples an output weighs on each side."""
+    window, num_table, _ = resampy.filters.get_filter("kaiser_best")
+    ratio = sr_out / sr_in
+    if ratio < 1:
+        window = ratio * window
+    step = int(min(1.0, ratio) * num_table)
+    return window, np.diff(window, append=window[-1]), num_table, step, len(window) // step + 1
 
-    resampy restarts its time grid at every call, so each call starts at a multiple of
+
+class KaiserBest:
+    """`resampy.resample(x, sr_in, sr_out, filter="kaiser_best")` of a whole signal, as one matrix product.
+
+    For sr_out / sr_in = up / down, output k lies at input time k down / up; its weights (resampy's
+    table, linearly interpolated, over the filter's reach on both sides) depend only on where it
+    falls between two input samples, which repeats every `up` outputs. The weights of a group of
+    outputs (a multiple of `up`) are computed once, as resampy computes them, into a banded
+    (span, group) matrix; each group is then the product of the `span` inputs it reads with that
+    matrix, which costs a fraction of resampy's per-sample loop.
+    """
+
+    def __init__(self, sr_in, sr_out):
+        self.sr_in, self.sr_out = sr_in, sr_out
+        self.up, self.down, self.group, self.stride, self.span, self.before = self.shape(sr_in, sr_out)
+        window, delta, num_table, step, _ = kaiser_best_table(sr_in, sr_out)
+        scale = min(1.0, sr_out / sr_in)
+
+        def wing(frac):  # resampy's weights of the inputs 0, 1, 2, ... samples away from the output
+            index = frac * num_table
+            offset = int(index)
+            at = offset + step * np.arange((len(window) - offset) // step)
+            return window[at] + (index - offset) * delta[at]
+
+        self.bank = np.zeros((self.span, self.group))
+        for j in range(self.group):
+            n, frac = divmod(j * self.down, self.up)  # output j lies at input n + frac / up
+            left, right = wing(scale * (frac / self.up)), wing(scale - scale * (frac / self.up))
+            self.bank[n + self.before - np.arange(len(left)), j] = left  # inputs n, n - 1, ...
+            self.bank[n + self.before + 1 + np.arange(len(right)), j] = right  # inputs n + 1, n + 2, ...
+
+    @staticmethod
+    def shape(sr_in, sr_out):
+        """(up, down, outputs per group, inputs between groups, inputs a group reads, zeros in front)."""
+        g = math.gcd(sr_in, sr_out)
+        up, down = sr_out // g, sr_in // g
+        reach = kaiser_best_table(sr_in, sr_out)[-1]
+        repeats = max(1, math.ceil(2 * reach / down))  # a group reads at most twice the inputs it advances
+        return up, down, up * repeats, down * repeats, down * repeats + 2 * reach - 1, reach - 1
+
+    def __call__(self, x):
+        n_out = int(len(x) * float(self.sr_out) / float(self.sr_in))  # resampy's length
+        groups = -(-n_out // self.group)
+        padded = np.zeros(max(self.before + len(x), self.stride * (groups - 1) + self.span))
+        padded[self.before : self.before + len(x)] = x
+        spans = np.lib.stride_tricks.sliding_window_view(padded, self.span)[:: self.stride][:groups]
+        return (np.ascontiguousarray(spans) @ self.bank).reshape(-1)[:n_out]
+
+
+def kaiser_best(sr_in, sr_out):
+    """x -> resampy's kaiser_best resampling of the whole signal x: KaiserBest for every common rate,
+    resampy itself for odd rates whose weight matrix would be large (e.g. 44056 Hz)."""
+    _, _, group, _, span, _ = KaiserBest.shape(sr_in, sr_out)
+    if group * span <= MAX_BANK:
+        return KaiserBest(sr_in, sr_out)
+    return lambda x: resampy.resample(x, sr_in, sr_out, filter="kaiser_best")
+
+
+class StreamResampler:
+    """kaiser_best over a stream, equal (to float rounding) to resampling the whole signal at once.
+
+    Each block is resampled as a signal of its own, so each block starts at a multiple of
     sr_in / gcd(sr_in, sr_out) input samples, where input and output grids meet, and includes
-    `context` samples on both sides of the block it keeps (at least the filter's reach). Before
+    `context` samples on both sides of the part it keeps (at least the filter's reach). Before
     the start and after the end it sees zeros, exactly as resampy's truncated sums do.
     """
 
@@ -63,11 +136,10 @@ class StreamResampler:
         self.sr_in, self.sr_out = int(sr_in), int(sr_out)
         g = math.gcd(self.sr_in, self.sr_out)
         self.step_in, self.step_out = self.sr_in // g, self.sr_out // g
-        window, num_table, _ = resampy.filters.get_filter("kaiser_best")
-        scale = min(1.0, self.sr_out / self.sr_in)
-        reach = len(window) // int(scale * num_table) + 1
+        reach = kaiser_best_table(self.sr_in, self.sr_out)[-1]
         self.context = math.ceil(reach / self.step_in) * self.step_in
         self.block = max(1, round(block_seconds * self.sr_in / self.step_in)) * self.step_in
+        self.resample = kaiser_best(self.sr_in, self.sr_out) if self.sr_in != self.sr_out else None
         self.buf = np.zeros(self.context)  # starts with the zeros before the signal
         self.buf_start = -self.context  # absolute input index of buf[0]
         self.kept_to = 0  # input index where the next kept block starts (a multiple of step_in)
@@ -76,8 +148,7 @@ class StreamResampler:
 
     def _run(self, n_keep):
         a = self.kept_to - self.context - self.buf_start
-        segment = self.buf[a : a + self.context + n_keep + self.context]
-        y = resampy.resample(segment, self.sr_in, self.sr_out, filter="kaiser_best")
+        y = self.resample(self.buf[a : a + self.context + n_keep + self.context])
         first = self.context // self.step_in * self.step_out
         out = y[first : first + n_keep // self.step_in * self.step_out]
         self.kept_to += n_keep
@@ -87,7 +158,7 @@ class StreamResampler:
 
     def push(self, x):
         """Next native samples (1-D); returns the float32 output samples now final."""
-        if self.sr_in == self.sr_out:
+        if self.resample is None:
             self.n_in += len(x)
             self.n_out += len(x)
             return x.astype(np.float32)
@@ -100,7 +171,7 @@ class StreamResampler:
 
     def finish(self):
         """The remaining output samples; the total is resampy's length int(n_in * sr_out / sr_in)."""
-        if self.sr_in == self.sr_out:
+        if self.resample is None:
             return np.zeros(0, np.float32)
         total = int(self.n_in * float(self.sr_out) / float(self.sr_in))
         n_keep = math.ceil((self.n_in - self.kept_to) / self.step_in) * self.step_in
@@ -126,6 +197,14 @@ def audio_to_mono(frame):
     if name == "u8":
         a -= 128.0
     return a.mean(axis=0) / AUDIO_FULL_SCALE[name]
+
+
+def upright_rgb(frame):
+    """(H, W, 3) uint8 RGB of a decoded video frame, turned as its display matrix says (as players
+    and the ffmpeg CLI show it: a portrait phone video comes out portrait)."""
+    rgb = frame.to_ndarray(format="rgb24")
+    turns = round(frame.rotation / 90) % 4  # counter-clockwise quarter turns
+    return np.ascontiguousarray(np.rot90(rgb, turns)) if turns else rgb
 
 
 def frame_seconds(frame, stream):
@@ -165,12 +244,163 @@ def open_video(path, threads=0):
     return container, vstream, astream, info
 
 
+class VideoSide:
+    """Decoded frames -> Frame objects on a monotone clock -> each extractor's samples.
+
+    pts counts from the first decoded frame. A frame whose timestamp steps back by more than
+    RESET_SECONDS starts a new run of timestamps (e.g. concatenated streams): the clock goes on one
+    frame after the previous frame, and `warnings` names the second. Smaller steps back (a repeated
+    or reordered timestamp) drop the frame. A frame without a timestamp comes one frame after the
+    previous one. Frames are converted to RGB (and turned upright) only when an extractor asks.
+    """
+
+    def __init__(self, path, stream, extractors, limit):
+        self.path, self.stream, self.limit = path, stream, limit
+        framed = [e for e in extractors if e.wants_frames] if stream is not None else []
+        self.every_frame = [e for e in framed if e.frame_rate is None]
+        self.clocks = {}  # (rate, offset) -> (FrameClock, extractors on it)
+        for e in framed:
+            if e.frame_rate is not None:
+                key = (exact(e.frame_rate), exact(e.frame_offset))
+                self.clocks.setdefault(key, (FrameClock(*key), []))[1].append(e)
+        self.on = bool(framed)
+        self.first = None  # raw timestamp of the first frame
+        self.shift = Fraction(0)  # added to raw timestamps after resets
+        self.last = self.last_duration = None
+        self.count = 0
+        self.warnings = []
+
+    @property
+    def position(self):
+        return float(self.last or 0)
+
+    def _clock_time(self, frame):
+        """Seconds on the monotone clock, or None to drop the frame."""
+        raw = frame_seconds(frame, self.stream)
+        if raw is None:
+            return self.last + self.last_duration if self.last is not None and self.last_duration else None
+        if self.first is None:
+            self.first = raw
+        pts = raw - self.first + self.shift
+        if self.last is not None and pts <= self.last:
+            if self.last - pts <= RESET_SECONDS:
+                return None  # a repeated or out-of-order timestamp
+            step = self.last_duration or 1 / exact(self.stream.average_rate or 25)  # 25: no rate known
+            self.shift += self.last + step - pts
+            pts = self.last + step
+            self.warnings.append(f"{self.path}: video timestamps restart at {float(pts):.1f} s; "
+                                 "the frames after it continue on a monotone clock")
+        return pts
+
+    def add(self, frame):
+        pts = self._clock_time(frame)
+        if pts is None:
+            return
+        if self.limit is not None and pts >= self.limit:
+            self.on = False
+            return
+        if self.last is not None:
+            self.last_duration = pts - self.last
+        if frame.duration:
+            self.last_duration = Fraction(frame.duration) * self.stream.time_base
+        self.last = pts
+        sample = Frame(float(pts), lambda: upright_rgb(frame))
+        for e in self.every_frame:
+            e.add_frame(self.count, sample)
+        self.count += 1
+        for clock, users in self.clocks.values():
+            for j, f in clock.push(pts, sample):
+                for e in users:
+                    e.add_frame(j, f)
+
+    def finish(self):
+        """Hands out the last samples; returns the end of the last frame (capped at the limit)."""
+        end = self.last + (self.last_duration or 0) if self.last is not None else Fraction(0)
+        if self.limit is not None:
+            end = min(end, self.limit)
+        for clock, users in self.clocks.values():
+            for j, f in clock.finish(end):
+                for e in users:
+                    e.add_frame(j, f)
+        return end
+
+
+class AudioSide:
+    """Decoded audio -> channel mean -> resampled to each rate an extractor asked for, in chunks.
+
+    Time counts decoded samples, so it is monotone whatever the timestamps say. When the sample
+    rate changes mid-stream, the resamplers are flushed and restart at the new rate (a warning says
+    where), so each extractor still gets one continuous signal.
+    """
+
+    def __init__(self, path, stream, extractors, limit):
+        self.path, self.stream, self.limit = path, stream, limit
+        self.listeners = {}  # rate -> extractors
+        for e in extractors:
+            if e.audio_rate and stream is not None:
+                self.listeners.setdefault(int(e.audio_rate), []).append(e)
+        self.on = bool(self.listeners)
+        self.rate = None  # native rate of the current run of samples
+        self.samples = 0  # native samples of the current run
+        self.resamplers = {}
+        self.earlier_seconds = Fraction(0)  # length of the runs before the current one
+        self.earlier_16k = 0  # their samples at 16 kHz
+        self.warnings = []
+
+    @property
+    def seconds(self):
+        return self.earlier_seconds + (Fraction(self.samples, self.rate) if self.rate else 0)
+
+    @property
+    def position(self):
+        return float(self.seconds)
+
+    @property
+    def t_audio(self):
+        """floor(decoded samples at 16 kHz / 16000), each run of one native rate counted on its own."""
+        current = self.samples * VGGISH_RATE // self.rate if self.rate else 0
+        return (self.earlier_16k + current) // VGGISH_RATE
+
+    def _feed(self, chunks):
+        for rate, chunk in chunks:
+            if len(chunk):
+                for e in self.listeners[rate]:
+                    e.add_audio(chunk)
+
+    def _start(self, rate):
+        if self.rate is not None:
+            self.warnings.append(f"{self.path}: audio sample rate changes from {self.rate} to {rate} Hz at "
+                                 f"{self.position:.1f} s; resampling restarts at the new rate")
+            self.finish()
+            self.earlier_seconds = self.seconds
+            self.earlier_16k += self.samples * VGGISH_RATE // self.rate
+        self.rate, self.samples = rate, 0
+        self.resamplers = {out: StreamResampler(rate, out) for out in self.listeners}
+
+    def add(self, frame):
+        if frame.sample_rate != self.rate:
+            self._start(frame.sample_rate)
+        mono = audio_to_mono(frame)
+        if self.limit is not None:
+            room = math.floor((self.limit - self.earlier_seconds) * self.rate) - self.samples
+            mono = mono[: max(0, room)]
+            self.on = len(mono) < room
+        self.samples += len(mono)
+        self._feed((out, r.push(mono)) for out, r in self.resamplers.items())
+
+    def finish(self):
+        """Hands out the resamplers' last samples."""
+        self._feed((out, r.finish()) for out, r in self.resamplers.items())
+        self.resamplers = {}
+
+
 @dataclass
 class PassResult:
     info: VideoInfo
     t_video: int  # floor(end of the last decoded frame), capped by max_seconds
     t_audio: int  # floor(decoded samples / 16000 at 16 kHz)
     seconds_decoded: float
+    warnings: list = field(default_factory=list)  # one line each, `path: what happened`
 
 
 def run_pass(path, extractors, max_seconds=None, threads=0):
@@ -183,107 +413,24 @@ def run_pass(path, extractors, max_seconds=None, threads=0):
     limit = exact(max_seconds) if max_seconds else None
     for e in extractors:
         e.begin(info)
-    framed = [e for e in extractors if e.wants_frames and vstream is not None]
-    every_frame = [e for e in framed if e.frame_rate is None]
-    clocks = {}  # (rate, offset) -> (FrameClock, extractors on it)
-    for e in framed:
-        if e.frame_rate is not None:
-            key = (exact(e.frame_rate), exact(e.frame_offset))
-            clocks.setdefault(key, (FrameClock(*key), []))[1].append(e)
-    listeners = {}  # rate -> extractors
-    for e in extractors:
-        if e.audio_rate and astream is not None:
-            listeners.setdefault(int(e.audio_rate), []).append(e)
-
-    video_on = bool(framed)
-    audio_on = bool(listeners)
-    first_pts = last_pts = last_dur = None
-    n_frames = 0
-    sr = None
-    resamplers = {}
-    n_native = 0
-
-    def feed_frame(pts, vframe):
-        nonlocal n_frames
-        frame = Frame(float(pts), lambda: vframe.to_ndarray(format="rgb24"))
-        for e in every_frame:
-            e.add_frame(n_frames, frame)
-        n_frames += 1
-        for clock, users in clocks.values():
-            for j, f in clock.push(pts, frame):
-                for e in users:
-                    e.add_frame(j, f)
-
-    def feed_audio(mono):
-        for rate, users in listeners.items():
-            chunk = resamplers[rate].push(mono)
-            if len(chunk):
-                for e in users:
-                    e.add_audio(chunk)
-
-    streams = [s for s, on in ((vstream, video_on), (astream, audio_on)) if on]
-    position = 0.0
+    video = VideoSide(path, vstream, extractors, limit)
+    audio = AudioSide(path, astream, extractors, limit)
+    sides = {side.stream.index: side for side in (video, audio) if side.on}
     try:
-        for packet in container.demux(streams):
-            if not (video_on or audio_on):
+        packets = container.demux([side.stream for side in sides.values()]) if sides else []
+        for packet in packets:
+            side = sides[packet.stream.index]
+            for frame in packet.decode():
+                if not side.on:
+                    break
+                side.add(frame)
+            if not (video.on or audio.on):
                 break
-            if packet.stream is vstream and video_on:
-                for vframe in packet.decode():
-                    t = frame_seconds(vframe, vstream)
-                    if t is not None and first_pts is None:
-                        first_pts = t
-                    if t is not None:
-                        pts = t - first_pts
-                    elif last_pts is not None and last_dur:
-                        pts = last_pts + last_dur  # no timestamp: one frame after the previous
-                    else:
-                        continue
-                    if last_pts is not None and pts <= last_pts:
-                        continue  # a repeated or out-of-order timestamp
-                    if limit is not None and pts >= limit:
-                        video_on = False
-                        break
-                    if last_pts is not None:
-                        last_dur = pts - last_pts
-                    if vframe.duration:
-                        last_dur = Fraction(vframe.duration) * vstream.time_base
-                    last_pts = pts
-                    position = float(pts)
-                    feed_frame(pts, vframe)
-            elif packet.stream is astream and audio_on:
-                for aframe in packet.decode():
-                    if sr is None:
-                        sr = aframe.sample_rate
-                        resamplers = {rate: StreamResampler(sr, rate) for rate in listeners}
-                    elif aframe.sample_rate != sr:
-                        raise InputError(f"audio sample rate changes from {sr} to {aframe.sample_rate} Hz")
-                    mono = audio_to_mono(aframe)
-                    if limit is not None:
-                        mono = mono[: max(0, math.floor(limit * sr) - n_native)]
-                        if n_native + len(mono) >= limit * sr:
-                            audio_on = False
-                    n_native += len(mono)
-                    position = max(position, n_native / sr)
-                    feed_audio(mono)
-                    if not audio_on:
-                        break
     except av.FFmpegError as e:
-        raise InputError(f"decode failed near {position:.1f} s: {error_text(e)}") from None
+        raise InputError(f"decode failed near {max(video.position, audio.position):.1f} s: {error_text(e)}") from None
     finally:
         container.close()
-
-    end = last_pts + (last_dur or 0) if last_pts is not None else Fraction(0)
-    if limit is not None:
-        end = min(end, limit)
-    for clock, users in clocks.values():
-        for j, f in clock.finish(end):
-            for e in users:
-                e.add_frame(j, f)
-    for rate, users in listeners.items():
-        if rate in resamplers:
-            chunk = resamplers[rate].finish()
-            if len(chunk):
-                for e in users:
-                    e.add_audio(chunk)
-    t_audio = (n_native * VGGISH_RATE // sr) // VGGISH_RATE if sr else 0
-    return PassResult(info, math.floor(end), t_audio, max(float(end), n_native / sr if sr else 0.0))
+    end = video.finish()
+    audio.finish()
+    return PassResult(info, math.floor(end), audio.t_audio, max(float(end), audio.position),
+                      video.warnings + audio.warnings)

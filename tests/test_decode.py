@@ -1,4 +1,5 @@
-"""The decode pass: which frame each sample gets, T_video / T_audio, channel mean, streaming resampler."""
+"""The decode pass: which frame each sample gets, T_video / T_audio, channel mean, streaming resampler,
+rotated videos, timestamp resets and sample-rate changes."""
 import subprocess
 from fractions import Fraction
 
@@ -7,7 +8,7 @@ import pytest
 import resampy
 
 from feature_extraction.base import Extractor, InputError
-from feature_extraction.decode import FrameClock, StreamResampler, run_pass
+from feature_extraction.decode import FrameClock, KaiserBest, StreamResampler, kaiser_best, run_pass
 from feature_extraction.make_sample import ffmpeg_exe, run_ffmpeg
 
 
@@ -33,6 +34,13 @@ class Recorder(Extractor):
     @property
     def audio(self):
         return np.concatenate(self.chunks) if self.chunks else np.zeros(0, np.float32)
+
+
+class Pictures(Recorder):
+    """Keeps (pts, RGB picture) of every frame it gets."""
+
+    def add_frame(self, index, frame):
+        self.frames.append((frame.pts, frame.rgb()))
 
 
 def expected_samples(frame_times, end, rate, offset):
@@ -102,7 +110,21 @@ def test_five_one_audio_is_the_channel_mean_and_t_audio_counts_16k_samples(make_
                                atol=1e-5)
 
 
-@pytest.mark.parametrize("sr_in,sr_out", [(44100, 16000), (48000, 16000), (22050, 16000), (8000, 16000), (44100, 22050)])
+@pytest.mark.parametrize("sr_in", [8000, 22050, 44100, 48000, 44056])
+def test_kaiser_best_equals_resampy(sr_in):
+    rng = np.random.default_rng(2)
+    x = rng.standard_normal(int(sr_in * 0.77) + 3)
+    x[: sr_in // 10] = np.sin(np.arange(sr_in // 10) * 0.3)  # a tone near the cut-off as well as noise
+    ours = kaiser_best(sr_in, 16000)
+    assert isinstance(ours, KaiserBest) == (sr_in != 44056)  # odd rates (large weight matrix) run resampy
+    whole = resampy.resample(x, sr_in, 16000, filter="kaiser_best")
+    y = ours(x)
+    assert len(y) == len(whole)
+    np.testing.assert_allclose(y, whole, rtol=0, atol=1e-9)
+
+
+@pytest.mark.parametrize("sr_in,sr_out", [(44100, 16000), (48000, 16000), (22050, 16000), (8000, 16000), (44100, 22050),
+                                          (44056, 16000)])
 def test_streaming_resampler_equals_whole_signal_resampy(sr_in, sr_out):
     rng = np.random.default_rng(1)
     x = rng.standard_normal(int(sr_in * 1.37)) * 0.1
@@ -171,11 +193,70 @@ def test_make_clip_is_deterministic_and_follows_its_arguments(tmp_path):
 
 
 def test_motion_square_moves_only_in_the_given_seconds(make_clip):
-    class Frames(Recorder):
-        def add_frame(self, index, frame):
-            self.frames.append((frame.pts, frame.rgb().astype(np.int16)))
-
-    rec = Frames(frame_rate=None)
+    rec = Pictures(frame_rate=None)
     run_pass(make_clip("moving.mp4", seconds=3, motion=[(1, 2)], audio=False), [rec])
-    moved = [t for (_, a), (t, b) in zip(rec.frames, rec.frames[1:]) if np.abs(b - a).max() > 40]
+    moved = [t for (_, a), (t, b) in zip(rec.frames, rec.frames[1:]) if np.abs(b.astype(int) - a).max() > 40]
     assert moved and min(moved) > 1 and max(moved) <= 2.04
+
+
+def test_rotation_metadata_is_applied_before_extractors_see_a_frame(tmp_path):
+    # a lossless 4:4:4 clip, then the same stream with a display matrix, and the content physically turned
+    base = tmp_path / "base.mp4"
+    run_ffmpeg(["-f", "lavfi", "-i", "testsrc=s=96x64:r=5:d=1", "-c:v", "libx264", "-qp", "0", "-pix_fmt", "yuv444p",
+                base])
+    upright = Pictures(frame_rate=None)
+    run_pass(base, [upright])
+    assert upright.frames[0][1].shape == (64, 96, 3)
+    turned = {90: "transpose=cclock", 180: "hflip,vflip", 270: "transpose=clock"}  # counter-clockwise degrees
+    for degrees, filters in turned.items():
+        tagged, physical = tmp_path / f"tagged{degrees}.mp4", tmp_path / f"physical{degrees}.mp4"
+        run_ffmpeg(["-display_rotation:v", degrees, "-i", base, "-c", "copy", tagged])
+        run_ffmpeg(["-i", base, "-vf", filters, "-c:v", "libx264", "-qp", "0", "-pix_fmt", "yuv444p", physical])
+        got, want = Pictures(frame_rate=None), Pictures(frame_rate=None)
+        run_pass(tagged, [got])
+        run_pass(physical, [want])
+        assert len(got.frames) == len(want.frames) == 5
+        for (_, a), (_, b) in zip(got.frames, want.frames):
+            assert a.shape == b.shape == ((96, 64, 3) if degrees != 180 else (64, 96, 3))
+            assert np.abs(a.astype(int) - b).max() <= 1
+        assert np.abs(got.frames[0][1].astype(int) - np.rot90(upright.frames[0][1], degrees // 90)).max() <= 1
+
+
+def ts_piece(path, sample_rate, frequency, offset=0):
+    """A 3 s MPEG-TS clip: grey frames numbered by luma (16 + 2 n) at 25 fps, a sine of `frequency` Hz,
+    timestamps from `offset` s. Concatenated pieces are what a splice or a restarted stream looks like."""
+    run_ffmpeg(["-f", "lavfi", "-i", "color=c=gray:s=64x48:r=25:d=3,format=yuv420p,geq=lum='16+2*N':cb=128:cr=128",
+                "-f", "lavfi", "-i", f"sine=f={frequency}:r={sample_rate}:d=3", "-c:v", "libx264", "-bf", "0", "-c:a", "aac",
+                "-output_ts_offset", offset, "-f", "mpegts", path])
+    return path.read_bytes()
+
+
+def peak_hz(samples, rate):
+    return np.argmax(np.abs(np.fft.rfft(samples * np.hanning(len(samples))))) * rate / len(samples)
+
+
+def test_timestamp_reset_continues_on_a_monotone_clock(tmp_path):
+    clip = tmp_path / "spliced.ts"
+    clip.write_bytes(ts_piece(tmp_path / "a.ts", 44100, 440) * 2)  # the second piece's timestamps restart
+    every, per_second, audio = Recorder(frame_rate=None), Recorder(), Recorder(audio_rate=16000)
+    result = run_pass(clip, [every, per_second, audio])
+    assert [n for _, _, n in every.frames] == list(range(75)) * 2
+    times = [p for _, p, _ in every.frames]
+    assert times == pytest.approx([k / 25 for k in range(150)], abs=1e-3)
+    assert [n for _, _, n in per_second.frames] == [12, 37, 62] * 2
+    assert (result.t_video, result.t_audio) == (6, 6)
+    assert result.warnings == [f"{clip}: video timestamps restart at 3.0 s; the frames after it continue on a "
+                               "monotone clock"]
+
+
+def test_audio_sample_rate_change_restarts_the_resampler(tmp_path):
+    clip = tmp_path / "rates.ts"
+    clip.write_bytes(ts_piece(tmp_path / "a.ts", 44100, 440) + ts_piece(tmp_path / "b.ts", 48000, 1000, offset=3.1))
+    frames, audio = Recorder(), Recorder(audio_rate=16000)
+    result = run_pass(clip, [frames, audio])
+    assert (result.t_video, result.t_audio) == (6, 6) and len(frames.frames) == 6
+    assert 6 * 16000 <= len(audio.audio) < 6.2 * 16000
+    assert peak_hz(audio.audio[8000:40000], 16000) == pytest.approx(440, abs=2)
+    assert peak_hz(audio.audio[56000:88000], 16000) == pytest.approx(1000, abs=2)
+    assert [w for w in result.warnings if "sample rate" in w] == [
+        f"{clip}: audio sample rate changes from 44100 to 48000 Hz at 3.0 s; resampling restarts at the new rate"]
