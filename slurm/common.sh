@@ -6,7 +6,7 @@
 # VMR_TASK_MIN so that each rerun task takes the same lines as before.
 #
 # On exit (normal, error or SIGTERM from scancel / the time limit) a trap writes
-# $VMR_OUT/.slurm/<jobid>/<task>.json {exit, failed inputs with reasons, log path}.
+# $VMR_OUT/.slurm/<jobid>/<task>.json {exit, failed inputs with reasons, log path, seconds since the start}.
 #
 # Variables read here (all optional):
 #   VMR_PYTHON   interpreter (default: .venv/bin/python in the repo when present, else python3)
@@ -26,6 +26,7 @@ if [ -z "${DEVICE:-}" ]; then
     if [ -n "${SLURM_JOB_GPUS:-}${SLURM_STEP_GPUS:-}" ] || [ "${SLURM_GPUS_ON_NODE:-0}" != 0 ]; then DEVICE=cuda; else DEVICE=cpu; fi
 fi
 
+VMR_STARTED=$(date +%s.%N)
 JOB=${SLURM_ARRAY_JOB_ID:-${SLURM_JOB_ID:-local}}
 TASK=${SLURM_ARRAY_TASK_ID:-0}
 NTASKS=${VMR_TASKS:-${SLURM_ARRAY_TASK_COUNT:-1}}
@@ -58,7 +59,7 @@ vmr_record() {
     local code=$1 logs=()
     trap - EXIT TERM INT
     while IFS= read -r log; do logs+=(--log "$log"); done < <(vmr_logs)
-    "$VMR_PYTHON" slurm/records.py task --record "$RECORDS/$TASK.json" --exit "$code" \
+    "$VMR_PYTHON" slurm/records.py task --record "$RECORDS/$TASK.json" --exit "$code" --started "$VMR_STARTED" \
         ${TASK_INPUTS:+--inputs "$TASK_INPUTS"} ${STATUS_CSV:+--status_csv "$STATUS_CSV"} "${logs[@]}"
     exit "$code"
 }

@@ -7,7 +7,11 @@
 # Exported variables (defaults in brackets):
 #   VMR_LIST  file with one URL (or bare YouTube id) per line  [lists/SymMV.txt]
 #   VMR_OUT   dataset folder shared by all tasks: video/, audio/, archive.txt, status.csv (merged under a lock)  [data/SymMV]
-#   ARGS      more downloadYt.py flags, e.g. "--proxies proxies.txt --cookies cookies.txt --audio"  []
+#   VMR_PROXIES  file with one proxy URL per line, passed as --proxies (credentials stay in the file, never on
+#             a command line: not in ps, scontrol or the job's environment)  []
+#   ARGS      more downloadYt.py flags, e.g. "--cookies cookies.txt --audio"  []
+# The same URL twice in the list (also as another URL form of one YouTube id) would be downloaded by two tasks
+# into one file at once: submit.py removes duplicates before sharding.
 # Many tasks downloading from one address invite bot checks: keep N small or give each node its own proxy.
 # The resources below are defaults; options given to sbatch on the command line win.
 #SBATCH --job-name=vmr-download
@@ -22,4 +26,5 @@ source "${VMR_REPO:-.}/slurm/common.sh"
 vmr_task_inputs
 STATUS_CSV="$VMR_OUT/status.csv"
 # shellcheck disable=SC2086  # ARGS is a word list
-"$VMR_PYTHON" feature_extraction/downloadYt.py --list "$TASK_INPUTS" --out "$VMR_OUT" ${ARGS:-}
+"$VMR_PYTHON" feature_extraction/downloadYt.py --list "$TASK_INPUTS" --out "$VMR_OUT" \
+    ${VMR_PROXIES:+--proxies "$VMR_PROXIES"} ${ARGS:-}

@@ -12,6 +12,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -133,6 +134,7 @@ MailProg=/bin/true
 ReturnToService=2
 NodeName=localhost NodeAddr=127.0.0.1 CPUs={cpus} RealMemory={memory} State=UNKNOWN
 PartitionName=debug Nodes=localhost Default=YES MaxTime=INFINITE State=UP
+PartitionName=small Nodes=localhost MaxTime=5 MaxMemPerNode=1000 State=UP
 """)
         self._start("slurmctld", [_which("slurmctld"), "-f", str(self.conf)], r / "slurmctld.pid")
         _wait(lambda: "is UP" in self.run("scontrol", "ping", check=False).stdout, 30, "scontrol ping UP")
@@ -197,11 +199,16 @@ def clips(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def env(cluster, weights_cache, tmp_path_factory):
-    """Environment for sbatch/submit.py: our cluster, random weights, logs in a temp dir."""
+def cluster_env(cluster, tmp_path_factory):
+    """Environment for sbatch/submit.py: our cluster, logs in a temp dir."""
     logs = tmp_path_factory.mktemp("logs")
-    return dict(os.environ, SLURM_CONF=str(cluster.conf), VMR_CACHE=str(weights_cache), PYTHONUNBUFFERED="1",
-                SBATCH_OUTPUT=str(logs / "%x-%A_%a.out"))
+    return dict(os.environ, SLURM_CONF=str(cluster.conf), PYTHONUNBUFFERED="1", SBATCH_OUTPUT=str(logs / "%x-%A_%a.out"))
+
+
+@pytest.fixture(scope="module")
+def env(cluster_env, weights_cache):
+    """The same with random weights for the extraction stages."""
+    return dict(cluster_env, VMR_CACHE=str(weights_cache))
 
 
 @pytest.fixture(scope="module")
@@ -217,8 +224,9 @@ def local_run(clips, weights_cache, tmp_path_factory):
     return out
 
 
-def submit(env, *args):
-    return subprocess.run([sys.executable, "slurm/submit.py", *args], cwd=REPO, env=env, capture_output=True, text=True)
+def submit(env, *args, timeout=300):
+    return subprocess.run([sys.executable, "slurm/submit.py", *args], cwd=REPO, env=env, capture_output=True, text=True,
+                          timeout=timeout)
 
 
 def outputs(out):
@@ -347,3 +355,194 @@ def test_dry_run_prints_commands_and_submits_nothing(env, cluster, tmp_path):
                "--args", "--weights random")
     assert r.returncode != 0 and "weights missing" in r.stderr and "resnet101" in r.stderr
     assert not out.exists()
+
+
+SECRET = "s3cr@t-pw"  # a proxy password containing @: neither half may show up anywhere
+
+
+def assert_no_secret(*texts):
+    for text in texts:
+        assert "s3cr" not in text and "t-pw" not in text, text
+
+
+def test_job_that_can_never_start_stops_wait_naming_the_option(cluster, cluster_env, tmp_path):
+    """The hang of issue 14: an array asking for more CPUs than the node has stays PENDING (PartitionConfig)
+    forever; --wait must say so within seconds, naming the sbatch option, for memory and time limits too."""
+    listing = tmp_path / "urls.txt"
+    listing.write_text("aaaaaaaaaaa\nbbbbbbbbbbb\n")
+    cpus = os.cpu_count() or 1
+    cases = [  # (sbatch options, Slurm's pending reasons for it, the change the error suggests)
+        (f"--cpus-per-task={cpus + 1} --mem=0", ("PartitionConfig",),
+         f"lower --cpus-per-task (e.g. --sbatch '--cpus-per-task={cpus}')"),
+        ("--partition=small --time=1 --cpus-per-task=1 --mem=2000", ("PartitionConfig", "MaxMemPerLimit"),
+         "lower --mem (e.g. --sbatch '--mem=1000M')"),
+        ("--partition=small --cpus-per-task=1 --mem=500", ("PartitionConfig", "PartitionTimeLimit"),  # .sl asks 24 h, MaxTime 5 min
+         "lower --time (e.g. --sbatch '--time=00:05:00')"),
+    ]
+    for i, (options, reasons, change) in enumerate(cases):
+        start = time.monotonic()
+        r = submit(cluster_env, "--stage", "download", "--list", str(listing), "--out", str(tmp_path / str(i)),
+                   "--tasks", "2", "--sbatch", options, "--wait", "--poll", "0.2", timeout=60)
+        job = r.stdout.split()[0]
+        try:
+            assert r.returncode == 1, r.stdout + r.stderr
+            error = r.stderr.strip().splitlines()[-1]
+            assert any(error.startswith(f"job {job} can never start ({reason}): ") for reason in reasons), error
+            assert change in error and error.endswith(f"scancel {job}"), error
+            assert time.monotonic() - start < 30
+            assert cluster.run("squeue", "-h", "-j", job, "-o", "%T").stdout.split() == ["PENDING"]
+        finally:
+            cluster.run("scancel", job)
+
+
+def test_download_array_dedups_keeps_credentials_off_command_lines_and_reports_throughput(
+        cluster, cluster_env, server, make_clip, tmp_path):
+    """A real download array through a proxy with a password, from a proxies file, while the node is drained:
+    the pending reason is printed, duplicates are removed before sharding, a task deletes only its own temp
+    files, the password is nowhere (output, records, logs, status, ps, scontrol), and the run ends with videos
+    per hour per task."""
+    clips = {name: make_clip(f"{name}.mp4", seconds=1.0, seed=i).read_bytes() for i, name in enumerate("ab")}
+    server.files.update({f"/{name}.mp4": data for name, data in clips.items()})
+    urls = [f"{server.url}/{name}.mp4" for name in "ab"]
+    listing = tmp_path / "urls.txt"
+    listing.write_text(f"{urls[0]}\n{urls[0]}\n{urls[1]}\n")  # unsharded, tasks 0 and 1 would both get urls[0]
+    proxies = tmp_path / "proxies.txt"  # the test server is a proxy too (it ignores the credentials)
+    proxies.write_text(f"# one proxy per line\nhttp://user:{SECRET}@127.0.0.1:{server.server_port}\n")
+    out = tmp_path / "data"
+    (out / "video").mkdir(parents=True)
+    for name in ("a", "other"):  # a killed trim of one of this job's ids, and one of another job's
+        (out / "video" / f"{name}.trimming.mp4").write_bytes(b"partial")
+
+    command_lines, stop = [], threading.Event()
+
+    def watch_ps():
+        while not stop.is_set():
+            for cmdline in Path("/proc").glob("[0-9]*/cmdline"):
+                try:
+                    text = cmdline.read_bytes().replace(b"\0", b" ").decode(errors="replace")
+                except OSError:
+                    continue
+                if "downloadYt.py" in text or "s3cr" in text:
+                    command_lines.append(text)
+            time.sleep(0.05)
+
+    cluster.run("scontrol", "update", "nodename=localhost", "state=drain", "reason=vmr-test")
+    watcher = threading.Thread(target=watch_ps, daemon=True)
+    watcher.start()
+    try:
+        proc = subprocess.Popen(
+            [sys.executable, "slurm/submit.py", "--stage", "download", "--list", str(listing), "--out", str(out),
+             "--tasks", "2", "--proxies", str(proxies), "--sbatch", "--cpus-per-task=1 --mem=0",
+             "--args", "--backoff 0 --max_seconds 0 --timeout 5",
+             "--wait", "--poll", "0.2", "--pending_after", "1"],
+            cwd=REPO, env=cluster_env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        err_lines = []
+        reader = threading.Thread(target=lambda: err_lines.extend(proc.stderr), daemon=True)
+        reader.start()
+        deadline = time.monotonic() + 60
+        while not any("pending for" in line for line in err_lines) and time.monotonic() < deadline:
+            time.sleep(0.1)
+    finally:
+        cluster.run("scontrol", "update", "nodename=localhost", "state=resume")
+    stdout = proc.stdout.read()
+    proc.wait(timeout=120)
+    reader.join(timeout=10)
+    stop.set()
+    watcher.join()
+    stderr = "".join(err_lines)
+    assert proc.returncode == 0, stdout + stderr
+    job = stdout.split()[0]
+    pending = [line for line in err_lines if "pending for" in line]
+    assert len(pending) == 1 and pending[0].startswith(f"job {job}_[0-1]: pending for "), stderr
+    assert "DRAINED" in pending[0] or "ReqNodeNotAvail" in pending[0], pending
+    assert f"{listing}:2: duplicate, skipped: {urls[0]}" in stderr
+    assert f"job {job} (download): 2 of 2 task(s) ok" in stdout
+
+    record = json.loads((out / ".slurm" / f"{job}.json").read_text())
+    assert record["env"]["VMR_PROXIES"] == str(proxies) and record["inputs"] == 2 and record["list"] == str(listing)
+    assert Path(record["env"]["VMR_LIST"]).read_text().split() == urls
+    task_lists = [(out / ".slurm" / job / f"{t}.list").read_text().split() for t in (0, 1)]
+    assert task_lists == [[urls[0]], [urls[1]]]  # each video in exactly one task
+    assert all(proxied for _, _, proxied in server.requests)
+    assert all((out / "video" / f"{name}.mp4").read_bytes() == data for name, data in clips.items())
+    assert sorted(p.name for p in (out / "video").glob("*.trimming.*")) == ["other.trimming.mp4"]
+
+    assert any("--proxies" in line and str(proxies) in line for line in command_lines), command_lines
+    logs = [json.loads((out / ".slurm" / job / f"{t}.json").read_text())["log"] for t in (0, 1)]
+    assert_no_secret(stdout, stderr, *command_lines, *(Path(log).read_text() for log in logs),
+                     cluster.run("scontrol", "show", "job", "-dd", job).stdout,
+                     *(p.read_text(errors="replace") for p in out.rglob("*") if p.is_file()))
+
+    tasks = [json.loads((out / ".slurm" / job / f"{t}.json").read_text()) for t in (0, 1)]
+    rate = sum(t["inputs"] for t in tasks) / sum(t["seconds"] for t in tasks) * 3600
+    throughput, estimate = stdout.strip().splitlines()[-2:]
+    assert throughput.startswith(f"throughput: {rate:,.1f} videos/hour per task (2 videos in "), throughput
+    assert estimate.startswith("estimate for the whole list (2 videos): "), estimate
+    assert estimate.endswith("within the 24 h time limit at the slowest task's rate: --tasks 1 or more"), estimate
+
+
+def test_credentials_are_refused_on_command_lines_and_never_printed(cluster, cluster_env, tmp_path, capsys):
+    from feature_extraction import downloadYt
+
+    assert downloadYt.redact(f"proxy http://user:{SECRET}@host:8080/x, https://www.youtube.com/@channel") == \
+        "proxy http://***@host:8080/x, https://www.youtube.com/@channel"
+    listing = tmp_path / "urls.txt"
+    listing.write_text("aaaaaaaaaaa\n")
+    with pytest.raises(SystemExit) as e:
+        downloadYt.main(["--list", str(listing), "--out", str(tmp_path / "dl"), "--proxy", f"http://u:{SECRET}@h:1"])
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and "--proxies FILE" in err and "http://***@h:1" in err
+    assert_no_secret(err)
+
+    out = tmp_path / "data"
+    base = ["--stage", "download", "--list", str(listing), "--out", str(out)]
+    for flag in ("--args", "--sbatch"):
+        r = submit(cluster_env, *base, flag, f"--proxy http://user:{SECRET}@127.0.0.1:9", "--dry_run")
+        assert r.returncode == 1 and r.stdout == "", r.stdout
+        assert r.stderr.startswith(f"{flag}: --proxy http://***@127.0.0.1:9: credentials in a URL") and \
+            "--proxies FILE" in r.stderr and len(r.stderr.strip().splitlines()) == 1, r.stderr
+        assert_no_secret(r.stderr)
+
+    proxies = tmp_path / "proxies.txt"
+    proxies.write_text(f"http://user:{SECRET}@127.0.0.1:9\n")
+    r = submit(cluster_env, *base, "--proxies", str(proxies), "--dry_run")
+    assert r.returncode == 0 and f"VMR_PROXIES={proxies}" in r.stdout, r.stdout + r.stderr
+    assert_no_secret(r.stdout, r.stderr)
+    assert not out.exists()
+
+    r = submit(cluster_env, *base, "--proxies", str(proxies), "--sbatch=--partition=nowhere")
+    assert r.returncode == 1 and r.stderr.startswith("sbatch failed: ") and "change --partition" in r.stderr, r.stderr
+    assert_no_secret(r.stdout, r.stderr, *(p.read_text() for p in out.rglob("*") if p.is_file()))
+    assert not list(out.glob(".slurm/*.json"))
+    assert cluster.run("squeue", "-h").stdout.strip() == ""
+
+
+def test_training_job_asks_for_memory_from_its_data(cluster, cluster_env, tmp_path):
+    import numpy as np
+
+    data, elsewhere = tmp_path / "data", tmp_path / "features"
+    for folder in (data / "video", data / "audio", elsewhere):
+        folder.mkdir(parents=True)
+    rows = 5 * 2**30 // 4 // (512 * 4)  # 1.25 GiB of float32 rows per file, written sparse
+    np.lib.format.open_memmap(elsewhere / "x.npy", mode="w+", dtype=np.float32, shape=(rows, 512))
+    np.lib.format.open_memmap(data / "audio" / "x.npy", mode="w+", dtype=np.float32, shape=(rows, 512))
+    (data / "video" / "x.npy").symlink_to(elsewhere / "x.npy")  # prepare.py links into the feature folders
+    for split in ("train", "test"):
+        (data / f"{split}.csv").write_text("ID\nx\n")
+    base = ["--stage", "train_vmnet", "--data", str(data), "--out", str(tmp_path / "run")]
+
+    r = submit(cluster_env, *base, "--dry_run")
+    assert r.returncode == 0, r.stderr
+    assert "sbatch --parsable --mem=8G slurm/train_vmnet.sl" in r.stdout  # 4 GB + 1.5 x 2.5 GiB
+    assert f"{data}: 2.50 GB of features -> --mem=8G" in r.stderr
+    r = submit(cluster_env, *base, "--sbatch=--mem=1G", "--dry_run")
+    assert "sbatch --parsable --mem=1G slurm/train_vmnet.sl" in r.stdout and "--mem=8G" not in r.stdout
+
+    r = submit(cluster_env, *base, "--sbatch=--cpus-per-task=1")  # the test node has 4 GB: sbatch refuses
+    if r.returncode == 0:
+        cluster.run("scancel", r.stdout.split()[0])
+    assert r.returncode == 1 and r.stderr.splitlines()[-2].startswith("sbatch failed: "), r.stderr
+    assert "change --mem (submit.py --sbatch '...')" in r.stderr
+    assert not (tmp_path / "run").exists()
+    r = submit(cluster_env, *base[:2], "--data", str(tmp_path / "nowhere"), "--dry_run")
+    assert r.returncode == 1 and "nowhere: no such data folder" in r.stderr
