@@ -9,7 +9,8 @@
 #   VMR_OUT   save dir: last.pt, best.pt, train_log.csv/.png, metrics.json  [runs/vmnet]
 #   DEVICE    cpu or cuda  [cuda when a GPU is allocated (sbatch --gres=gpu:1), else cpu]
 #   ARGS      more vmnet/train.py flags, e.g. "--epochs 200 --preset original"  []
-# The resources below are defaults; options given to sbatch on the command line win.
+# The resources below are defaults; options given to sbatch on the command line win. submit.py asks for
+# --mem from the data the job reads: 4 GB + 1.5 x the size of the .npy files under VMR_DATA.
 #SBATCH --job-name=vmr-train-vmnet
 #SBATCH --output=slurm/logs/%x-%j.out
 #SBATCH --cpus-per-task=8
