@@ -25,6 +25,7 @@ TOKENS = {
     "i3d": "feature_extraction.i3d",
     "flow": "feature_extraction.flowProcessor",
     "avpeaks": "feature_extraction.avpeaks",
+    "wav2clip": "feature_extraction.wav2clip",
 }
 VIDEO_SUFFIXES = {".mp4", ".m4v", ".mkv", ".webm", ".mov", ".avi", ".flv", ".mpg", ".mpeg", ".ts", ".wmv", ".3gp",
                   ".ogv"}

@@ -1,11 +1,14 @@
 """VGGish features of music files and of videos' audio tracks: OUT/vggish/<id>.npy, (T, 128) float32.
 
     python feature_extraction/vggishProcessor.py --audio DIR_OR_LIST --out OUT [--pca] [--weights random]
+    python feature_extraction/vggishProcessor.py --audio DIR_OR_LIST --out OUT --features vggish wav2clip
 
 The same pass as `extract.py --features vggish` (one streaming decode, channel mean, resampy
 kaiser_best to 16 kHz, one row per second, _feature.json guard, temp-then-rename writes, resume,
 `path: reason` for bad inputs and `N failed` at the end); this script only adds the audio file
-types to the folders it scans. With --pca the folder is vggish_pca.
+types to the folders it scans. With --pca the folder is vggish_pca. `--features wav2clip` (alone or
+beside vggish, in the same pass) writes OUT/wav2clip/<id>.npy (T, 512) and OUT/wav2clip_track/<id>.npy
+(1, 512), the music side of zero-shot retrieval (zeroshot/retrieve.py).
 """
 import argparse
 import sys
@@ -34,13 +37,16 @@ def main(argv=None):
                    help="audio or video files, folders (their " + ", ".join(sorted(AUDIO_SUFFIXES)) + " and video "
                         "files, sorted) and/or list files (.txt/.lst/.list/.csv: one path per line)")
     p.add_argument("--out", required=True, help="output folder; features go to OUT/vggish (OUT/vggish_pca with --pca)")
+    p.add_argument("--features", nargs="+", choices=["vggish", "wav2clip"], default=["vggish"],
+                   help="audio features, one decode pass for all: vggish (T, 128) and/or wav2clip (T, 512 rows in "
+                        "OUT/wav2clip plus the whole-track (1, 512) in OUT/wav2clip_track) (default: vggish)")
     p.add_argument("--pca", action="store_true",
                    help="apply AudioSet's PCA, clipping and 8-bit quantisation (values 0..255)")
     p.add_argument("--weights", choices=["official", "random"], default="official",
                    help="official checkpoints from $VMR_CACHE (downloaded when missing) or seeded random ones "
                         "from $VMR_CACHE/random/ (tests and demos only)")
     p.add_argument("--device", default="cpu", help="torch device: cpu, cuda or cuda:N (default cpu)")
-    p.add_argument("--batch_size", type=int, default=16, help="0.96 s examples per model call (default 16)")
+    p.add_argument("--batch_size", type=int, default=16, help="0.96 s VGGish examples (or 1 s Wav2CLIP frames) per model call (default 16)")
     p.add_argument("--max_seconds", type=float, default=None, help="use only the first N seconds of each file")
     p.add_argument("--threads", type=int, default=0, help="torch CPU threads (default 0: torch's own choice)")
     p.add_argument("--overwrite", action="store_true", help="redo files whose features exist")
@@ -49,7 +55,7 @@ def main(argv=None):
     paths = list_inputs(args.audio)
     if not paths:
         raise SystemExit(f"no audio or video files found in {' '.join(args.audio)}")
-    forwarded = ["--videos", *map(str, paths), "--out", args.out, "--features", "vggish",
+    forwarded = ["--videos", *map(str, paths), "--out", args.out, "--features", *args.features,
                  "--weights", args.weights, "--device", args.device, "--batch_size", str(args.batch_size),
                  "--threads", str(args.threads)]
     forwarded += ["--pca"] * args.pca + ["--overwrite"] * args.overwrite

@@ -37,7 +37,7 @@ class WeightsError(Exception):
 class Checkpoint:
     url: str
     filename: str
-    check: str  # "sha256:<64 hex>", "sha256-prefix:<8 hex>" or "git-blob:<40 hex>"
+    check: str  # "sha256:<64 hex>", "sha256-prefix:<8 hex>", "git-blob:<40 hex>", or "unpublished" (no hash known)
 
 
 TORCHVISION = "https://download.pytorch.org/models"
@@ -69,6 +69,12 @@ CHECKPOINTS = {
     "raft_large": Checkpoint(
         f"{TORCHVISION}/raft_large_C_T_SKHT_V1-0b8c9e55.pth", "raft_large_C_T_SKHT_V1-0b8c9e55.pth", "sha256-prefix:0b8c9e55"
     ),
+    # The URL wav2clip 0.1.0's get_model() loads. No hash is published and none was available offline:
+    # the first download's sha256 is pinned in Wav2CLIP.pt.sha256 (README, "Weights", says how to check it).
+    "wav2clip": Checkpoint(
+        "https://github.com/descriptinc/lyrebird-wav2clip/releases/download/v0.1.0-alpha/Wav2CLIP.pt", "Wav2CLIP.pt",
+        "unpublished"
+    ),
 }
 
 # name -> (module, function, keyword arguments) writing a seeded random file in the official format.
@@ -83,6 +89,7 @@ RANDOM_WRITERS = {
     "i3d_rgb_imagenet": ("feature_extraction.i3d", "write_random_checkpoint", {"layout": "piergiaj", "modality": "rgb"}),
     "i3d_flow_imagenet": ("feature_extraction.i3d", "write_random_checkpoint", {"layout": "piergiaj", "modality": "flow"}),
     "raft_large": ("feature_extraction.optical_flow", "write_random_raft", {}),
+    "wav2clip": ("feature_extraction.wav2clip", "write_random_checkpoint", {}),
 }
 
 CHUNK = 1 << 20
@@ -117,7 +124,7 @@ def verify(path, check):
     """Return the file's full sha256 if it passes `check`, else raise WeightsError."""
     kind, _, want = check.partition(":")
     sha, blob = file_hashes(path)
-    got = {"sha256": sha, "sha256-prefix": sha[: len(want)], "git-blob": blob}.get(kind)
+    got = {"sha256": sha, "sha256-prefix": sha[: len(want)], "git-blob": blob, "unpublished": ""}.get(kind)
     if got is None:
         raise WeightsError(f"{path}: unknown check {check!r}")
     if got != want.lower():

@@ -29,6 +29,14 @@ def weights_cache(tmp_path_factory):
     return cache
 
 
+@pytest.fixture(scope="session")
+def wav2clip_checkpoint(weights_cache):
+    """Seeded random Wav2CLIP weights in the published layout (Wav2CLIP.pt, written with the other random files)."""
+    from feature_extraction.weights import CHECKPOINTS
+
+    return weights_cache / "random" / CHECKPOINTS["wav2clip"].filename
+
+
 @pytest.fixture
 def vmr_env(weights_cache, monkeypatch):
     """Environment for subprocesses: VMR_CACHE points at the random weights, one torch thread."""
