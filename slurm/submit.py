@@ -125,6 +125,8 @@ def required_checkpoints(features, extract_args):
         names += ["i3d_rgb_imagenet", "i3d_flow_imagenet"] if args.i3d_imagenet else ["i3d_rgb", "i3d_flow"]
         if args.flow_method == "raft":
             names.append("raft_large")
+    if "wav2clip" in tokens:
+        names.append("wav2clip")
     return names, args.weights
 
 

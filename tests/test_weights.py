@@ -174,7 +174,7 @@ def test_every_checkpoint_has_a_writer_and_a_valid_check():
     assert set(weights.RANDOM_WRITERS) == set(CHECKPOINTS)
     for entry in CHECKPOINTS.values():
         kind, _, value = entry.check.partition(":")
-        assert {"sha256": 64, "sha256-prefix": 8, "git-blob": 40}[kind] == len(value)
+        assert {"sha256": 64, "sha256-prefix": 8, "git-blob": 40, "unpublished": 0}[kind] == len(value)
         assert entry.url.startswith("https://")
         if kind == "sha256-prefix":
             assert f"-{value}." in entry.filename  # torch.hub's convention
