@@ -68,15 +68,17 @@ def parse_args(argv=None):
     p.add_argument("--args", default="", help="ARGS: extra flags for the stage's script, e.g. '--weights random' "
                    "(write --args=--pca when it is a single flag); a URL with credentials is refused (use --proxies)")
     p.add_argument("--proxies", type=Path, help="--stage download: file with one proxy URL per line "
-                   "(scheme://[user:pass@]host:port); the tasks get its path, so credentials stay in the file")
-    p.add_argument("--data", type=Path, help="VMR_DATA for the training stages (default: the .sl file's)")
+                   "(scheme://[user:pass@]host:port); the tasks get its path, so credentials stay in the file (default: none)")
+    p.add_argument("--data", type=Path, help="VMR_DATA for the training stages; the job's --mem is computed from the "
+                   f"size of its .npy files (default: {DEFAULT_DATA}, the .sl file's)")
     p.add_argument("--ranks", type=Path, help="VMR_RANKS (ranks.csv) for --stage train_transformer (default: the .sl file's)")
     p.add_argument("--gpus", type=int, default=0, help="GPUs per task: adds --gres=gpu:N and sets DEVICE=cuda (default: 0)")
     p.add_argument("--sbatch", default="", help="more sbatch options, e.g. '--partition=gpu --time=2:00:00 "
                    "--cpus-per-task=8'; they override the #SBATCH lines")
     p.add_argument("--dry_run", action="store_true", help="print the sbatch commands instead of running them")
-    p.add_argument("--wait", action="store_true", help="poll until the jobs leave the queue, then print which "
-                   "tasks failed and why; exit status 1 when any did")
+    p.add_argument("--wait", action="store_true", help="poll until the jobs leave the queue (stop at once, naming "
+                   "the sbatch option to change, when one can never start), then print which tasks failed and why "
+                   "and the videos per hour per task; exit status 1 when any failed")
     p.add_argument("--poll", type=float, default=10.0, help="seconds between squeue polls with --wait (default: 10)")
     p.add_argument("--pending_after", type=float, default=60.0, help="with --wait, print the reason of a job pending "
                    "longer than this many seconds, and again when it changes (default: 60)")
@@ -263,8 +265,9 @@ def never_starts(job, reason):
     """Why pending `job` can never start (one line naming the sbatch option to change), or None.
 
     Compares what the job asks of one node (CPUs, memory) with the largest node of its partitions and its
-    time limit with theirs, then trusts Slurm's own verdict for the reasons in NEVER_REASONS. A node that is down or drained is not
-    a reason: an administrator brings it back, so the job just waits.
+    time limit with theirs (whatever the reason, ReqNodeNotAvail included), then trusts Slurm's own verdict
+    for the reasons in NEVER_REASONS. Nodes that are down or drained are not a reason: an administrator
+    brings them back, so the job just waits.
     """
     request = next((j for j in scontrol_show("job", job) if j.get("JobState") == "PENDING"), None)
     if request is None:
