@@ -98,7 +98,13 @@ def from_published(state, source="checkpoint"):
 
 
 def load_model(path):
-    return from_published(torch.load(path, map_location="cpu", weights_only=True), path)
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # not a torch file, or a pickle holding more than tensors
+        raise ValueError(f"{path}: not a Wav2CLIP checkpoint ({(str(e).splitlines() or [type(e).__name__])[0]})") from None
+    if not isinstance(state, dict):
+        raise ValueError(f"{path}: not a Wav2CLIP checkpoint (a {type(state).__name__}, not a state dict)")
+    return from_published(state, path)
 
 
 def write_random_checkpoint(path, seed):

@@ -73,6 +73,7 @@ def test_front_end_constants(ours):
     assert wav2clip.normalize(spec).mean().abs() < 1e-5 and abs(wav2clip.normalize(spec).std() - 1) < 1e-5
 
 
+@pytest.mark.filterwarnings("ignore:The given NumPy array is not writable")  # inside the package's frame mode
 def test_matches_the_wav2clip_package(wav2clip_checkpoint, ours, reference_module):
     """The same seeded weights and waveform through our port and the package: both modes."""
     state = torch.load(wav2clip_checkpoint, weights_only=True)
@@ -101,6 +102,9 @@ def test_refuses_a_state_dict_of_another_model(tmp_path):
     path = tmp_path / "other.pt"
     torch.save({"conv1.weight": torch.zeros(64, 3, 7, 7)}, path)
     with pytest.raises(ValueError, match=r"other.pt: not a Wav2CLIP checkpoint, missing \d+ keys: audio_encoder"):
+        wav2clip.load_model(path)
+    path.write_text("not a torch file")
+    with pytest.raises(ValueError, match=r"other.pt: not a Wav2CLIP checkpoint \("):
         wav2clip.load_model(path)
 
 

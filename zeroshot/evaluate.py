@@ -47,7 +47,8 @@ def main(argv=None):
     p.add_argument("--video", required=True, help="folder of clip (or clip_l2) rows <id>.npy")
     p.add_argument("--audio", required=True, help="folder of wav2clip rows <id>.npy (wav2clip_track/ beside it)")
     p.add_argument("--ids", required=True, help="CSV of the gallery ids (header ID), e.g. a test.csv")
-    p.add_argument("--groups", help="CSV with columns ID,group: ids sharing a group (the same track) all count as hits")
+    p.add_argument("--groups", help="CSV with columns ID,group: ids sharing a group (the same track) all count "
+                                    "as hits (default: none)")
     p.add_argument("--music", choices=MUSIC, default="track",
                    help="track vector: whole-track embedding (track, default) or mean of the unit rows (rows)")
     p.add_argument("--out", help="also write the metrics, with chance, to this JSON file (default: print only)")
