@@ -3,13 +3,15 @@
 Time axis, the same for every feature: each stream's t = 0 is its first decoded frame or
 sample, and row t of every per-second array describes second [t, t+1).
 T_video = floor(end of the last decoded frame) and T_audio = floor(decoded samples / 16000),
-never the container's header duration. Consumers use rows [0, min(T_video, T_audio)).
+never the container's header duration. Consumers use rows [0, min(T_video, T_audio)) and warn
+(`time_axis_warning`) when the two differ by more than 1.
 
 The pass decodes a video once and hands each extractor only what it asked for:
 - frames sampled on its own clock (`frame_rate`, `frame_offset`): sample j is the last decoded
   frame with pts <= frame_offset + j / frame_rate, for every sample time before the end of the
   last frame; `frame_rate = None` means every decoded frame; `wants_frames = False` means none;
 - mono float32 audio resampled to `audio_rate` (resampy kaiser_best), in consecutive chunks.
+Frames are turned upright as the stream's display matrix says before any extractor sees them.
 An extractor returns its files from `end()`; the pass writes them temp-then-rename.
 """
 from dataclasses import dataclass
@@ -22,12 +24,21 @@ class InputError(Exception):
     """A problem with one input video (reported as `path: reason`; the run goes on)."""
 
 
+def time_axis_warning(name, t_video, t_audio):
+    """The one-line warning for a video whose T_video and T_audio (seconds, or row counts of its
+    video and audio features) differ by more than 1, else None. Print it once per video."""
+    if abs(t_video - t_audio) <= 1:
+        return None
+    return (f"{name}: video {t_video} s and audio {t_audio} s differ by more than 1 s; "
+            f"only the first {min(t_video, t_audio)} s are paired")
+
+
 @dataclass
 class VideoInfo:
     path: Path
     vid: str  # Path(path).stem
     fps: float  # average frame rate of the video stream (0.0 when unknown or no video)
-    width: int
+    width: int  # of the coded frames, before the display rotation the frames get
     height: int
     has_video: bool
     has_audio: bool
@@ -58,7 +69,8 @@ class Extractor:
     """One FEATURES token. Subclasses set the class attributes and implement the hooks.
 
     A module that provides a token defines `add_arguments(parser)` (its own CLI flags) and
-    `build(args) -> Extractor` (loads its weights once per run).
+    `build(args) -> Extractor`, which reads no weights: `load()` does, so that a run whose
+    outputs all exist loads no model.
     """
 
     token = ""
@@ -79,6 +91,10 @@ class Extractor:
     def files(self, vid):
         """Paths relative to OUT that `end()` writes for video `vid` (used to skip finished work)."""
         raise NotImplementedError
+
+    def load(self):
+        """Read the weights, once: extract.py calls it (and times it) before the first video that
+        needs this extractor; extractors with weights also call it from begin()."""
 
     def begin(self, info: VideoInfo):
         """Start a new video; drop all state of the previous one."""

@@ -164,15 +164,24 @@ def add_arguments(parser):
                         "ln_post(CLS) @ proj as video_features writes them (folder clip)")
 
 
+RESOLUTION = 224  # ViT-B/32's input size, known before its archive is read
+
+
 def build(args):
-    from feature_extraction.weights import checkpoint_path
+    from feature_extraction.weights import WeightsError, checkpoint_path
 
     l2 = args.clip_l2
-    visual = load_visual(checkpoint_path("clip_vit_b32", args.weights)).to(args.device)
-    model = (lambda x: F.normalize(visual(x), dim=-1)) if l2 else visual
-    preprocess = ImagePreprocess(visual.resolution, visual.resolution, "bicubic", CLIP_MEAN, CLIP_STD)
+    path = checkpoint_path("clip_vit_b32", args.weights)
+
+    def load():
+        visual = load_visual(path).to(args.device)
+        if visual.resolution != RESOLUTION:
+            raise WeightsError(f"{path}: a CLIP ViT for {visual.resolution} px input; ViT-B/32 takes {RESOLUTION}")
+        return (lambda x: F.normalize(visual(x), dim=-1)) if l2 else visual
+
+    preprocess = ImagePreprocess(RESOLUTION, RESOLUTION, "bicubic", CLIP_MEAN, CLIP_STD)
     folder = "clip_l2" if l2 else "clip"
     info = provenance("clip_vit_b32", "clip_vit_b32", args.weights,
                       {"l2": l2, "precision": "float32", "frame_offset": 0.5,
-                       "preprocess": f"resize{visual.resolution}-bicubic-antialias/crop/clip-norm"})
-    return FramewiseExtractor("clip", folder, model, preprocess, info, args.batch_size, args.device)
+                       "preprocess": f"resize{RESOLUTION}-bicubic-antialias/crop/clip-norm"})
+    return FramewiseExtractor("clip", folder, load, preprocess, info, args.batch_size, args.device)

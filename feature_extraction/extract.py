@@ -56,7 +56,8 @@ def build_parser(modules):
     p.add_argument("--threads", type=int, default=0,
                    help="torch CPU threads and decoder threads (default 0: the libraries' own choice)")
     p.add_argument("--overwrite", action="store_true",
-                   help="redo videos whose files exist; a folder made with other settings is emptied first")
+                   help="redo this run's videos even when their files exist (other videos' files are kept); a "
+                        "folder made with other settings is deleted first (the run says what it held)")
     for module in modules.values():
         module.add_arguments(p)
     return p
@@ -97,23 +98,43 @@ def settings_text(d, keys):
     return ", ".join(f"{k}={json.dumps(d.get(k))}" for k in keys)
 
 
-def check_folders(out, extractors, overwrite):
-    """Write each folder's _feature.json, or stop when it was made with other settings."""
+def folder_contents(folder, ids):
+    """What deleting `folder` would lose, in words: its files, and the videos among them not in `ids`."""
+    files = [p for p in folder.rglob("*") if p.is_file() and p.name != "_feature.json"]
+    videos = {p.stem for p in files if p.suffix == ".npy"}
+    others = sorted(videos - set(ids))
+    text = f"_feature.json and {len(files)} other files: features of {len(videos)} videos"
+    if others:
+        listed = ", ".join(others[:5]) + (", ..." if len(others) > 5 else "")
+        text += f", {len(others)} of them not in this run and not redone ({listed})"
+    return text
+
+
+def check_folders(out, extractors, max_seconds, overwrite, ids):
+    """Write each folder's _feature.json, or stop when it was made with other settings.
+
+    A folder's settings are its extractor's provenance plus --max_seconds (features of the first N
+    seconds are not those of a full run). With --overwrite, a folder made with other settings is
+    deleted, saying what it held; `ids` are this run's videos.
+    """
     from feature_extraction.atomic import write_json
 
     for e in extractors:
         for folder, meta in e.outputs().items():
-            meta = json.loads(json.dumps(meta))
+            meta = json.loads(json.dumps({**meta, "max_seconds": max_seconds}))
             path = out / folder / "_feature.json"
             if path.exists():
-                old = json.loads(path.read_text(encoding="utf-8"))
-                if old == meta:
+                a, b = flat(json.loads(path.read_text(encoding="utf-8"))), flat(meta)
+                keys = sorted(k for k in a.keys() | b.keys() if a.get(k) != b.get(k))  # absent = null
+                if not keys:
                     continue
+                made = f"{out / folder}: made with {settings_text(a, keys)}, this run uses {settings_text(b, keys)}"
+                contents = folder_contents(out / folder, ids)
                 if not overwrite:
-                    a, b = flat(old), flat(meta)
-                    keys = sorted(k for k in a.keys() | b.keys() if a.get(k) != b.get(k))
-                    raise SystemExit(f"{out / folder}: made with {settings_text(a, keys)}, this run uses "
-                                     f"{settings_text(b, keys)}; use another OUT or --overwrite")
+                    raise SystemExit(f"{made}. Nothing was changed. To keep its features, use another --out (only "
+                                     f"this run's {len(ids)} videos are extracted there); --overwrite deletes "
+                                     f"{out / folder} ({contents}) and redoes this run's videos with the new settings")
+                print(f"{made}; --overwrite: deleting {out / folder} ({contents})", file=sys.stderr)
                 shutil.rmtree(out / folder)
             write_json(path, meta)
 
@@ -149,10 +170,21 @@ def missing_reason(e, result):
 
 
 def process(path, todo, out, args):
-    """One decode pass feeding `todo`; writes what succeeds. Returns (seconds decoded, failure text or None)."""
+    """One decode pass feeding `todo`; writes what succeeds. Returns (seconds decoded, failure text or None).
+
+    Prints the pass's warnings (timestamp resets, sample-rate changes) and, when both streams were
+    decoded, the warning for a T_video and T_audio more than 1 s apart."""
+    from tqdm import tqdm
+
+    from feature_extraction.base import time_axis_warning
     from feature_extraction.decode import run_pass
 
     result = run_pass(path, todo, args.max_seconds, args.threads)
+    both = result.info.has_video and result.info.has_audio and any(e.wants_frames for e in todo) \
+        and any(e.audio_rate for e in todo)
+    for line in result.warnings + ([time_axis_warning(path, result.t_video, result.t_audio)] if both else []):
+        if line:
+            tqdm.write(f"warning: {line}", file=sys.stderr)
     reasons = {}
     for e in todo:
         reason = missing_reason(e, result)
@@ -197,26 +229,32 @@ def main(argv=None):
               "checkpoints; use them only for tests and demos", file=sys.stderr)
     from feature_extraction.weights import WeightsError
 
-    t_load = time.perf_counter()
     extractors = []
     try:
         for token in tokens:
-            built = modules[token].build(args)
+            built = modules[token].build(args)  # reads no weights: load() does, for the first video that needs them
             extractors += built if isinstance(built, list) else [built]
     except WeightsError as e:
         raise SystemExit(str(e))
-    load_seconds = time.perf_counter() - t_load
-    check_folders(out, extractors, args.overwrite)
+    check_folders(out, extractors, args.max_seconds, args.overwrite, [p.stem for p in paths])
 
     from tqdm import tqdm
 
-    failed, done, skipped, seconds = [], 0, 0, 0.0
+    failed, done, skipped, seconds, load_seconds = [], 0, 0, 0.0, 0.0
     t_videos = time.perf_counter()
+    startup_seconds = t_videos - t_start
     for path in tqdm(paths, unit="video", desc="extract", file=sys.stderr):
         todo = [e for e in extractors if args.overwrite or not all((out / f).exists() for f in e.files(path.stem))]
         if not todo:
             skipped += 1
             continue
+        t_load = time.perf_counter()
+        try:
+            for e in todo:
+                e.load()
+        except WeightsError as err:
+            raise SystemExit(str(err))
+        load_seconds += time.perf_counter() - t_load
         try:
             decoded, reason = process(path, todo, out, args)
             seconds += decoded
@@ -229,7 +267,7 @@ def main(argv=None):
             tqdm.write(f"{path}: {reason}", file=sys.stderr)
         else:
             done += 1
-    video_seconds = time.perf_counter() - t_videos
+    video_seconds = time.perf_counter() - t_videos - load_seconds
 
     from feature_extraction.merge import merge
 
@@ -237,7 +275,8 @@ def main(argv=None):
     speed = f", {seconds / video_seconds:.2f} s of video per second" if seconds and video_seconds else ""
     print(f"{len(paths)} videos: {done} extracted, {skipped} already done, {len(failed)} failed; "
           f"features {' '.join(tokens)} in {out}; {seconds:.0f} s of video in {video_seconds:.1f} s{speed}; "
-          f"model loading {load_seconds:.1f} s, total {time.perf_counter() - t_start:.1f} s")
+          f"start-up {startup_seconds:.1f} s, model loading {load_seconds:.1f} s, "
+          f"total {time.perf_counter() - t_start:.1f} s")
     if failed:
         print(f"{len(failed)} failed", file=sys.stderr)
         return 1

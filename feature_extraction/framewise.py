@@ -44,14 +44,17 @@ class ImagePreprocess:
 
 
 class FramewiseExtractor(Extractor):
-    """Runs `model` ((N, 3, S, S) float32 -> (N, D)) on one frame per second; writes folder/<vid>.npy."""
+    """Runs a model ((N, 3, S, S) float32 -> (N, D)) on one frame per second; writes folder/<vid>.npy.
+
+    `load_model()` returns the model; it is called once, by load(), so that building is cheap.
+    """
 
     frame_rate = 1.0
     frame_offset = 0.5
 
-    def __init__(self, token, folder, model, preprocess, provenance, batch_size=16, device="cpu"):
+    def __init__(self, token, folder, load_model, preprocess, provenance, batch_size=16, device="cpu"):
         self.token, self.folder = token, folder
-        self.model, self.preprocess = model, preprocess
+        self.load_model, self.model, self.preprocess = load_model, None, preprocess
         self.provenance = provenance
         self.batch_size, self.device = max(1, int(batch_size)), device
 
@@ -61,7 +64,12 @@ class FramewiseExtractor(Extractor):
     def files(self, vid):
         return [f"{self.folder}/{vid}.npy"]
 
+    def load(self):
+        if self.model is None:
+            self.model = self.load_model()
+
     def begin(self, info):
+        self.load()
         self.vid = info.vid
         self.pending, self.rows = [], []
 

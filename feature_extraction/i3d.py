@@ -293,13 +293,13 @@ class I3DExtractor(Extractor):
         self.concat = args.i3d_concat
         self.method = args.flow_method
         layout = "piergiaj" if args.i3d_imagenet else "hassony2"
-        self.models, self.provenance = {}, {}
+        self.paths, self.provenance = {}, {}
         for modality in ("rgb", "flow"):
             name = CHECKPOINTS[(layout, modality)]
-            model = load_checkpoint(weights.checkpoint_path(name, args.weights))
-            self.models[modality] = model.to(self.device, self.dtype)
+            self.paths[modality] = weights.checkpoint_path(name, args.weights)
             self.provenance[modality] = weights.provenance(name, args.weights)
-        self.flow = optical_flow.make_flow(self.method, self.device, args.weights, iters=args.raft_iters)
+        self.weights, self.raft_iters = args.weights, args.raft_iters
+        self.models = self.flow = None  # read by load()
         if self.method == "raft":
             self.provenance["flow"]["flow_checkpoint"] = weights.provenance("raft_large", args.weights)
             if self.device.type == "cpu":
@@ -327,7 +327,13 @@ class I3DExtractor(Extractor):
         folders = ["i3d_rgb", "i3d_flow"] + (["i3d"] if self.concat else [])
         return [f"{folder}/{vid}.npy" for folder in folders]
 
+    def load(self):
+        if self.models is None:
+            self.models = {m: load_checkpoint(path).to(self.device, self.dtype) for m, path in self.paths.items()}
+            self.flow = optical_flow.make_flow(self.method, self.device, self.weights, iters=self.raft_iters)
+
     def begin(self, info):
+        self.load()
         self.vid = info.vid
         self.frames = []  # frames of the current row, short side 256
         self.rgb_rows, self.flow_rows = [], []

@@ -64,7 +64,8 @@ def build(args):
 
     depth = args.resnet
     name = f"resnet{depth}"
-    model = load_model(checkpoint_path(name, args.weights), depth).to(args.device)
+    path = checkpoint_path(name, args.weights)
     info = provenance(name, name, args.weights,
                       {"preprocess": "resize256-bilinear-antialias/crop224/imagenet-norm", "frame_offset": 0.5})
-    return FramewiseExtractor("resnet", name, model, PREPROCESS, info, args.batch_size, args.device)
+    return FramewiseExtractor("resnet", name, lambda: load_model(path, depth).to(args.device), PREPROCESS, info,
+                              args.batch_size, args.device)

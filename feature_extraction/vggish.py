@@ -149,8 +149,9 @@ class VGGishExtractor(Extractor):
     audio_rate = SAMPLE_RATE
     needs_audio = True
 
-    def __init__(self, model, pca, provenance, batch_size=32, device="cpu"):
-        self.model, self.pca, self.provenance = model, pca, provenance
+    def __init__(self, load_model, pca, provenance, batch_size=32, device="cpu"):
+        """`load_model()` returns the network; load() calls it once, so that building is cheap."""
+        self.load_model, self.model, self.pca, self.provenance = load_model, None, pca, provenance
         self.folder = "vggish_pca" if pca is not None else "vggish"
         self.batch_size, self.device = max(1, int(batch_size)), device
 
@@ -160,7 +161,12 @@ class VGGishExtractor(Extractor):
     def files(self, vid):
         return [f"{self.folder}/{vid}.npy"]
 
+    def load(self):
+        if self.model is None:
+            self.model = self.load_model()
+
     def begin(self, info):
+        self.load()
         self.vid = info.vid
         self.buffer = np.zeros(0, np.float32)  # audio not yet covered by a whole second
         self.pending, self.rows = [], []
@@ -204,7 +210,7 @@ def build(args):
     from feature_extraction import weights
 
     pca = args.pca
-    model = load_model(weights.checkpoint_path("vggish", args.weights)).to(args.device)
+    path = weights.checkpoint_path("vggish", args.weights)
     info = {"model": "vggish", **weights.provenance("vggish", args.weights),
             "options": {"pca": pca, "example_seconds": 0.96, "hop_seconds": 1.0},
             "rate": 1.0}
@@ -212,4 +218,4 @@ def build(args):
         pca_info = weights.provenance("vggish_pca", args.weights)
         info["options"].update(pca_checkpoint=pca_info["checkpoint"], pca_sha256=pca_info["sha256"])
     postprocess = PCA(weights.checkpoint_path("vggish_pca", args.weights)) if pca else None
-    return VGGishExtractor(model, postprocess, info, args.batch_size, args.device)
+    return VGGishExtractor(lambda: load_model(path).to(args.device), postprocess, info, args.batch_size, args.device)

@@ -191,7 +191,7 @@ def test_clip_preprocessing_matches_openai_pil_transform(decoded_frames):
 
 def test_clip_l2_writes_unit_rows_into_its_own_folder(tmp_path, monkeypatch):
     monkeypatch.setenv("VMR_CACHE", str(tmp_path))
-    our_clip.write_random_checkpoint(tmp_path / "random" / "ViT-B-32.pt", seed=0, resolution=32, patch=16,
+    our_clip.write_random_checkpoint(tmp_path / "random" / "ViT-B-32.pt", seed=0, resolution=224, patch=32,
                                      width=64, layers=1, embed_dim=16, text_width=64, text_layers=1,
                                      vocab_size=10, context_length=4)
     from feature_extraction.make_sample import make_clip

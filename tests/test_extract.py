@@ -44,6 +44,32 @@ class MeanColour(Extractor):
         return {f"toy/{self.vid}.npy": np.asarray(self.rows[:t_video], np.float32)}
 
 
+class Loudness(Extractor):
+    """A tiny audio extractor: row t = RMS of second t at 16 kHz."""
+
+    token = "loud"
+    wants_frames = False
+    audio_rate = 16000
+    needs_audio = True
+
+    def outputs(self):
+        return {"loud": {"model": "rms", "checkpoint": None, "sha256": None, "weights": None, "options": {},
+                         "rate": 1.0}}
+
+    def files(self, vid):
+        return [f"loud/{vid}.npy"]
+
+    def begin(self, info):
+        self.vid, self.chunks = info.vid, []
+
+    def add_audio(self, samples):
+        self.chunks.append(samples)
+
+    def end(self, t_video, t_audio):
+        audio = np.concatenate(self.chunks)[: t_audio * 16000].reshape(t_audio, 16000)
+        return {f"loud/{self.vid}.npy": np.sqrt((audio**2).mean(axis=1, keepdims=True)).astype(np.float32)}
+
+
 def toy_module():
     def add_arguments(parser):
         parser.add_argument("--toy_scale", type=float, default=1.0, help="multiplies the toy rows")
@@ -55,10 +81,11 @@ def toy_module():
 
 @pytest.fixture
 def toy(monkeypatch):
-    monkeypatch.setattr(extract, "feature_modules", lambda: {"toy": toy_module()})
+    loud = types.SimpleNamespace(add_arguments=lambda parser: None, build=lambda args: Loudness())
+    monkeypatch.setattr(extract, "feature_modules", lambda: {"toy": toy_module(), "loud": loud})
 
 
-def test_resnet_clip_vggish_and_every_kind_of_bad_input(make_clip, tmp_path, vmr_env, capsys):
+def test_resnet_clip_vggish_and_every_kind_of_bad_input(make_clip, tmp_path, vmr_env, capsys, monkeypatch):
     videos = tmp_path / "videos"
     videos.mkdir()
     make_clip("videos/a clip é.mp4", seconds=2.2, channels=6)
@@ -96,6 +123,18 @@ def test_resnet_clip_vggish_and_every_kind_of_bad_input(make_clip, tmp_path, vmr
     assert manifest["folders"]["vggish"]["arrays"] == {"a clip é": [2, 128], "tone": [2, 128]}
     assert manifest["folders"]["clip"]["feature"]["weights"] == "random"
 
+    from feature_extraction import clip, resnet, vggish
+
+    def refuse(*args):
+        raise AssertionError("a run with nothing to do read weights")
+
+    for module, name in ((resnet, "load_model"), (clip, "load_visual"), (vggish, "load_model")):
+        monkeypatch.setattr(module, name, refuse)
+    assert extract.main(["--videos", str(videos / "a clip é.mp4"), "--out", str(out), "--features", "resnet", "clip",
+                         "vggish", "--weights", "random", "--threads", "1"]) == 0
+    summary = capsys.readouterr().out
+    assert "0 extracted, 1 already done" in summary and "model loading 0.0 s" in summary and "start-up " in summary
+
 
 def test_resume_guard_overwrite_and_same_stem(toy, make_clip, tmp_path, capsys):
     a, b = make_clip("a.mp4", seconds=2), make_clip("b.mkv", seconds=3)
@@ -109,14 +148,24 @@ def test_resume_guard_overwrite_and_same_stem(toy, make_clip, tmp_path, capsys):
     assert "2 already done" in capsys.readouterr().out
     assert (out / "toy" / "a.npy").stat().st_mtime_ns == stamp
 
+    (out / "toy" / "stale.npy").write_bytes((out / "toy" / "a.npy").read_bytes())  # a video not in this run
     with pytest.raises(SystemExit) as stop:
         run("--toy_scale", "2")
-    assert str(stop.value) == (f"{out / 'toy'}: made with options.scale=1.0, this run uses options.scale=2.0; "
-                               "use another OUT or --overwrite")
-    (out / "toy" / "stale.npy").write_bytes((out / "toy" / "a.npy").read_bytes())
+    made = f"{out / 'toy'}: made with options.scale=1.0, this run uses options.scale=2.0"
+    held = ("_feature.json and 3 other files: features of 3 videos, 1 of them not in this run and not redone "
+            "(stale)")
+    assert str(stop.value) == (f"{made}. Nothing was changed. To keep its features, use another --out (only this "
+                               f"run's 2 videos are extracted there); --overwrite deletes {out / 'toy'} ({held}) "
+                               "and redoes this run's videos with the new settings")
+    assert (out / "toy" / "stale.npy").exists() and np.load(out / "toy" / "b.npy").shape == (3, 3)
+    capsys.readouterr()
     assert run("--toy_scale", "2", "--overwrite") == 0
+    assert f"{made}; --overwrite: deleting {out / 'toy'} ({held})" in capsys.readouterr().err
     np.testing.assert_allclose(np.load(out / "toy" / "b.npy"), rows * 2, rtol=1e-6)
     assert not (out / "toy" / "stale.npy").exists()  # files made with the old settings are gone
+    stamp = (out / "toy" / "a.npy").stat().st_mtime_ns
+    assert run("--toy_scale", "2", "--overwrite") == 0  # same settings: only this run's videos are redone
+    assert (out / "toy" / "a.npy").stat().st_mtime_ns != stamp and (out / "toy" / "_feature.json").exists()
     assert json.loads((out / "manifest.json").read_text())["folders"]["toy"]["arrays"] == {"a": [2, 3], "b": [3, 3]}
 
     other = tmp_path / "other"
@@ -136,7 +185,7 @@ def test_list_file_and_help_lists_every_flag(toy, make_clip, tmp_path, monkeypat
 
     monkeypatch.undo()
     modules = extract.feature_modules()
-    assert set(modules) == {"resnet", "clip", "vggish", "i3d", "flow", "avpeaks"}
+    assert {"resnet", "clip", "vggish", "i3d", "flow", "avpeaks"} <= set(modules)
     text = extract.build_parser(modules).format_help()
     for module in modules.values():
         import argparse
@@ -173,3 +222,40 @@ def test_kill_9_mid_run_then_rerun_equals_an_uninterrupted_run(toy, make_clip, t
     for name in names:
         np.testing.assert_array_equal(np.load(killed / "toy" / name), np.load(whole / "toy" / name))
     assert (killed / "manifest.json").read_text() == (whole / "manifest.json").read_text()
+
+
+def test_max_seconds_is_part_of_a_folders_settings(toy, make_clip, tmp_path):
+    clip = make_clip("a.mp4", seconds=3)
+    out = tmp_path / "out"
+    run = lambda *more: extract.main(["--videos", str(clip), "--out", str(out), "--features", "toy", *more])
+    assert run("--max_seconds", "1") == 0
+    assert np.load(out / "toy" / "a.npy").shape == (1, 3)
+    assert json.loads((out / "toy" / "_feature.json").read_text())["max_seconds"] == 1.0
+    with pytest.raises(SystemExit, match=r"made with max_seconds=1.0, this run uses max_seconds=null\. Nothing"):
+        run()  # a full run must not count the truncated rows as done
+    assert run("--max_seconds", "1") == 0
+    assert run("--overwrite") == 0
+    assert np.load(out / "toy" / "a.npy").shape == (3, 3)
+    meta = json.loads((out / "toy" / "_feature.json").read_text())
+    assert meta["max_seconds"] is None
+    del meta["max_seconds"]  # a folder made before max_seconds was recorded counts as a full run
+    (out / "toy" / "_feature.json").write_text(json.dumps(meta))
+    assert run() == 0
+
+
+def test_warnings_for_unequal_streams_and_restarting_timestamps(toy, make_clip, tmp_path, capsys):
+    unequal = tmp_path / "unequal.mp4"  # 2 s of picture, 4.2 s of sound
+    run_ffmpeg(["-f", "lavfi", "-i", "color=c=red:s=64x48:r=25:d=2", "-f", "lavfi", "-i", "sine=d=4.2",
+                "-c:v", "libx264", "-pix_fmt", "yuv420p", "-c:a", "aac", unequal])
+    piece = make_clip("piece.mp4", seconds=2)
+    run_ffmpeg(["-i", piece, "-c", "copy", "-f", "mpegts", tmp_path / "piece.ts"])
+    spliced = tmp_path / "spliced.ts"  # two copies back to back: timestamps restart at 2 s
+    spliced.write_bytes((tmp_path / "piece.ts").read_bytes() * 2)
+    out = tmp_path / "out"
+    assert extract.main(["--videos", str(unequal), str(spliced), "--out", str(out), "--features", "toy", "loud"]) == 0
+    err = capsys.readouterr().err
+    assert err.count("differ by more than 1 s") == 1
+    assert f"warning: {unequal}: video 2 s and audio 4 s differ by more than 1 s; only the first 2 s are paired" in err
+    assert err.count(f"warning: {spliced}: video timestamps restart at 2.0 s;") == 1
+    assert np.load(out / "toy" / "spliced.npy").shape == (4, 3) and np.load(out / "loud" / "spliced.npy").shape == (4, 1)
+    assert np.load(out / "toy" / "unequal.npy").shape == (2, 3) and np.load(out / "loud" / "unequal.npy").shape == (4, 1)

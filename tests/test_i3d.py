@@ -110,6 +110,7 @@ def test_raft_on_cpu_warns_once_and_records_its_checkpoint(vmr_env, capsys):
     assert meta["options"]["flow_method"] == "raft" and meta["options"]["raft_iters"] == 1
     assert meta["flow_checkpoint"]["checkpoint"] == "raft_large_C_T_SKHT_V1-0b8c9e55.pth"
     a = np.random.default_rng(0).integers(0, 256, (128, 128, 3), dtype=np.uint8)
+    ex.load()  # build() reads no weights
     assert ex.flow([a], [a]).shape == (1, 2, 128, 128)
 
 @pytest.mark.cuda

@@ -96,7 +96,7 @@ def test_random_files_have_torchvggish_format(weights_cache):
 
 def test_streaming_rows_equal_whole_signal_rows(ours):
     wave = waveform(4.7, seed=1)
-    extractor = vggish.VGGishExtractor(ours, None, {}, batch_size=3)
+    extractor = vggish.VGGishExtractor(lambda: ours, None, {}, batch_size=3)
     info = VideoInfo(Path("a.wav"), "a", 0.0, 0, 0, False, True)
     extractor.begin(info)
     for chunk in np.split(wave, [1000, 1001, 17000, 40000, 70000]):  # uneven chunks, one of 1 sample
