@@ -26,6 +26,9 @@ def gt_ranks(scores, relevant=None):
     non-relevant columns scoring >= it are ranked above it.
     """
     scores = np.asarray(scores)
+    bad = int(np.size(scores) - np.isfinite(scores).sum())
+    if bad:
+        raise ValueError(f"{bad} non-finite scores (NaN or inf) would rank as hits")
     n = scores.shape[0]
     if relevant is None:
         relevant = np.zeros(scores.shape, dtype=bool)
@@ -47,6 +50,21 @@ def recall_block(ranks, ks=KS, with_ranks=True):
     if with_ranks:
         block["ranks"] = [int(r) for r in ranks]
     return block
+
+
+def selection_key(block):
+    """What model and baseline selection maximise on validation: R@1 + R@5 + R@10 (one direction's block),
+    ties broken by the lower mean rank."""
+    return (block["R@1"] + block["R@5"] + block["R@10"], -block["MeanR"])
+
+
+def check_finite(array, what):
+    """Raise ValueError "WHAT: N non-finite values of M" unless every value of `array` is finite."""
+    array = np.asarray(array)
+    bad = int(array.size - np.isfinite(array).sum())
+    if bad:
+        raise ValueError(f"{what}: {bad} non-finite values (NaN or inf) of {array.size}; evaluation stopped")
+    return array
 
 
 def normalize_rows(x):
@@ -127,41 +145,6 @@ def chance_block(N, ks=KS):
     return block
 
 
-def _inv_sqrt(c):
-    w, v = np.linalg.eigh(c)
-    return (v / np.sqrt(np.maximum(w, 1e-12))) @ v.T
-
-
-def cca_embed(train_v, train_a, test_v, test_a, reg=1e-2, dim=None):
-    """Test rows projected into a ridge-CCA space fitted on the train split only -> (video, audio).
-
-    Closed form: whiten each view (covariance + reg * mean eigenvalue * I), SVD of the
-    whitened cross-covariance; `dim` canonical directions (default all).
-    """
-    train_v = np.asarray(train_v, np.float64)
-    train_a = np.asarray(train_a, np.float64)
-    mv, ma = train_v.mean(0), train_a.mean(0)
-    xv, xa = train_v - mv, train_a - ma
-    n = max(len(xv) - 1, 1)
-
-    def ridge_cov(x):
-        c = x.T @ x / n
-        return c + reg * max(np.trace(c) / len(c), 1e-12) * np.eye(len(c))
-
-    wv, wa = _inv_sqrt(ridge_cov(xv)), _inv_sqrt(ridge_cov(xa))
-    u, _, vt = np.linalg.svd(wv @ (xv.T @ xa / n) @ wa)
-    d = dim or min(u.shape[1], vt.shape[0])
-    pv = (np.asarray(test_v, np.float64) - mv) @ wv @ u[:, :d]
-    pa = (np.asarray(test_a, np.float64) - ma) @ wa @ vt.T[:, :d]
-    return pv, pa
-
-
-def cca_scores(train_v, train_a, test_v, test_a, reg=1e-2, dim=None):
-    """Cosine scores (n_test_v, n_test_a) in the ridge-CCA space of `cca_embed`."""
-    pv, pa = cca_embed(train_v, train_a, test_v, test_a, reg, dim)
-    return normalize_rows(pv) @ normalize_rows(pa).T
-
-
 def frechet_distance(mu1, sigma1, mu2, sigma2):
     """Frechet distance of two Gaussians, as google-research's fad_utils computes it."""
     import scipy.linalg
@@ -226,8 +209,10 @@ def av_align_report(query_ids, retrieved_ids, peaks_dir, variant="2025", seed=0)
     """Mean AV-Align of each query video against its top-1 retrieved track, its own track
     (the ground-truth ceiling) and a seeded shuffled track (the chance level).
 
-    peaks_dir holds video/<id>.npy, video/<id>.json {"fps"} and audio/<id>.npy (seconds).
-    Returns None when no query has peaks; queries without peak files are listed in "missing".
+    peaks_dir holds video/<id>.npy, video/<id>.json {"fps", "duration"} and audio/<id>.npy (seconds).
+    Audio peaks after the query video's duration are dropped before matching, so a track's length
+    beyond the video never changes its score. Returns None when no query has peaks; queries without
+    peak files are listed in "missing".
     """
     query_ids, retrieved_ids = list(query_ids), list(retrieved_ids)
     shuffled = [query_ids[i] for i in np.random.default_rng(seed).permutation(len(query_ids))]
@@ -240,14 +225,42 @@ def av_align_report(query_ids, retrieved_ids, peaks_dir, variant="2025", seed=0)
         if video is None or not meta.is_file() or any(a is None for a in audio.values()):
             missing.append(q)
             continue
-        fps = float(json.loads(meta.read_text())["fps"])
+        info = json.loads(meta.read_text())
+        if "duration" not in info:
+            raise ValueError(f"{meta}: no video duration (written by an older avpeaks); extract avpeaks again")
         for key, peaks in audio.items():
-            scores[key].append(av_align(peaks, video, fps, variant))
+            scores[key].append(av_align(peaks[peaks <= float(info["duration"])], video, float(info["fps"]), variant))
     if not scores["retrieved"]:
         return None
     out = {key: float(np.mean(vals)) for key, vals in scores.items()}
     out.update(variant=variant, n=len(scores["retrieved"]), missing=missing)
     return out
+
+
+def fad_report(fad_dir, query_ids, top1_ids, gallery_ids, max_seconds=None, seeds=5):
+    """FAD between the ground-truth tracks of the queries and their top-1 retrieved tracks, in fad_dir's space.
+
+    All per-second rows of the tracks of a set are pooled (a track retrieved twice counts twice). The
+    chance level draws each query's track uniformly with replacement from the gallery, as a top-1 list of a
+    random retriever does, over `seeds` seeds (mean and std). FAD measures whether the retrieved tracks are
+    distributed like the true ones, not whether each one is right.
+    """
+    cache = {}
+
+    def rows(ids):
+        for vid in set(ids) - set(cache):
+            x = np.load(Path(fad_dir) / f"{vid}.npy")
+            cache[vid] = (x[:max_seconds] if max_seconds else x).astype(np.float64)
+        return np.concatenate([cache[vid] for vid in ids])
+
+    reference = rows(query_ids)
+    gallery_ids = list(gallery_ids)
+    chance = [fad(reference, rows([gallery_ids[i] for i in np.random.default_rng(seed).integers(0, len(gallery_ids), len(query_ids))]))
+              for seed in range(seeds)]
+    return {"space": str(fad_dir), "top1": fad(reference, rows(top1_ids)), "ground_truth": 0.0,
+            "chance": {"mean": float(np.mean(chance)), "std": float(np.std(chance)), "seeds": seeds,
+                       "rule": "top-1 tracks drawn uniformly with replacement from the gallery"},
+            "n_queries": len(query_ids), "n_reference_rows": len(reference)}
 
 
 def recall_curve_png(metrics, path):
