@@ -9,7 +9,6 @@ a fresh subprocess, shows whether memory grows with video length.
     python bench/bench_features.py            # prints the dict that bench/run.py merges
     BENCH_DEVICE=cuda python bench/run.py --only features
 """
-import json
 import os
 import subprocess
 import sys
@@ -128,4 +127,6 @@ def run():
 
 
 if __name__ == "__main__":
-    print(json.dumps(run(), indent=2))
+    from feature_extraction.cli import benchmark_main
+
+    sys.exit(benchmark_main(__doc__, run))

@@ -8,6 +8,7 @@ BENCH_RAFT=1 (on CPU it takes minutes per second of video).
 """
 import argparse
 import os
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -134,6 +135,6 @@ def run():
 
 
 if __name__ == "__main__":
-    import json
+    from feature_extraction.cli import benchmark_main
 
-    print(json.dumps(run(), indent=2))
+    sys.exit(benchmark_main(__doc__, run))

@@ -16,6 +16,7 @@ Sizes: BENCH_TRANSFORMER_GALLERY, BENCH_TRANSFORMER_STEPS=3, BENCH_TRANSFORMER_R
 """
 import importlib.util
 import os
+import sys
 import time
 from pathlib import Path
 
@@ -26,7 +27,7 @@ from transformer.data import Item, collate
 from transformer.losses import flow_triplet_losses, intermodal_loss
 from transformer.model import SegmentTransformer
 from transformer.scoring import aligned_scores, embed_items, top_columns
-from vmnet.metrics import gt_ranks, normalize_rows
+from vmr.metrics import gt_ranks, normalize_rows
 from vmnet.model import VMNet, embed_rows
 
 VIDEO_DIM, AUDIO_DIM, SECONDS, SEGMENTS = 512, 128, 240, 8
@@ -140,6 +141,6 @@ def run():
 
 
 if __name__ == "__main__":
-    import json
+    from feature_extraction.cli import benchmark_main
 
-    print(json.dumps(run(), indent=2))
+    sys.exit(benchmark_main(__doc__, run))

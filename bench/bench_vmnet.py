@@ -10,13 +10,14 @@
 Sizes: BENCH_VMNET_SIZES=10000,200000 (comma list); BENCH_VMNET_STEPS=5.
 """
 import os
+import sys
 import time
 
 import numpy as np
 import torch
 
 from vmnet.losses import vmnet_loss
-from vmnet.metrics import normalize_rows
+from vmr.metrics import normalize_rows
 from vmnet.model import VMNet
 from vmnet.retrieve import build_faiss, search
 
@@ -108,6 +109,6 @@ def run():
 
 
 if __name__ == "__main__":
-    import json
+    from feature_extraction.cli import benchmark_main
 
-    print(json.dumps(run(), indent=2))
+    sys.exit(benchmark_main(__doc__, run))

@@ -13,6 +13,7 @@ import traceback
 from pathlib import Path
 
 from feature_extraction.atomic import write_json
+from feature_extraction.cli import exit_on_sigterm
 
 BENCH_DIR = Path(__file__).resolve().parent
 
@@ -30,6 +31,7 @@ def main(argv=None):
     p.add_argument("--only", nargs="+", default=None, metavar="NAME",
                    help="run only these benchmarks (NAME of bench_NAME.py); default: all")
     args = p.parse_args(argv)
+    exit_on_sigterm()  # a killed run removes the benchmarks' temporary files, as Ctrl-C does
     paths = sorted(BENCH_DIR.glob("bench_*.py"))
     if args.only:
         paths = [q for q in paths if q.stem.removeprefix("bench_") in args.only]

@@ -53,9 +53,9 @@ class Frame:
         self._rgb = None
 
     def rgb(self):
-        """(H, W, 3) uint8 RGB at the native resolution."""
+        """(H, W, 3) uint8 RGB at the native resolution, turned upright."""
         if self._rgb is None:
-            self._rgb = self._to_rgb()
+            self._rgb, self._to_rgb = self._to_rgb(), None  # the decoded frame is no longer needed
         return self._rgb
 
     def gray(self):

@@ -1,12 +1,18 @@
 """One streaming decode pass over a video with PyAV: video and audio packets are demuxed together,
 each decoded once, and handed to every extractor on its own clock (see base.py for the time axis).
 
-`run_pass` is a short loop over packets; `VideoSide` turns decoded frames into samples on each
-extractor's clock and `AudioSide` turns decoded audio into mono chunks at each extractor's rate.
-Memory stays flat with video length: a clock holds one frame, and each audio rate holds a
-resampling buffer of about one second.
+`VideoSide` turns decoded frames into samples on each extractor's clock, `AudioSide` turns decoded
+audio into mono chunks at each extractor's rate, and `decode` is the loop over packets that feeds
+them. It runs on a thread of its own: the extractor calls the sides make are handed over
+(`Handoff`) and run on the caller's thread, so decoding, colour conversion and resampling overlap
+with the models instead of taking turns with them.
+Memory stays flat with video length: a clock holds one frame, each audio rate holds a resampling
+buffer of about one second, and the handoff holds a bounded number of frames.
 """
+import functools
 import math
+import queue
+import threading
 from dataclasses import dataclass, field
 from fractions import Fraction
 from pathlib import Path
@@ -21,6 +27,7 @@ AUDIO_FULL_SCALE = {"u8": 128.0, "s16": 32768.0, "s32": 2.0**31, "s64": 2.0**63,
 VGGISH_RATE = 16000  # T_audio counts whole seconds at this rate
 RESET_SECONDS = 0.5  # a video timestamp that steps back further than this starts a new run of timestamps
 MAX_BANK = 1 << 22  # largest polyphase weight matrix (float64 entries) KaiserBest builds; beyond it resampy runs
+HANDOFF_BYTES = 256 << 20  # decoded frames waiting for the extractors, at most (and at least 2, at most 64 frames)
 
 
 def exact(x):
@@ -142,6 +149,7 @@ class StreamResampler:
         self.resample = kaiser_best(self.sr_in, self.sr_out) if self.sr_in != self.sr_out else None
         self.buf = np.zeros(self.context)  # starts with the zeros before the signal
         self.buf_start = -self.context  # absolute input index of buf[0]
+        self.arrived = []  # chunks not yet in buf (joined once a block is complete)
         self.kept_to = 0  # input index where the next kept block starts (a multiple of step_in)
         self.n_in = 0
         self.n_out = 0
@@ -162,11 +170,13 @@ class StreamResampler:
             self.n_in += len(x)
             self.n_out += len(x)
             return x.astype(np.float32)
-        self.buf = np.concatenate([self.buf, x])
+        self.arrived.append(x)
         self.n_in += len(x)
         out = []
-        while self.n_in - self.kept_to >= self.block + self.context:
-            out.append(self._run(self.block))
+        if self.n_in - self.kept_to >= self.block + self.context:
+            self.buf, self.arrived = np.concatenate([self.buf, *self.arrived]), []
+            while self.n_in - self.kept_to >= self.block + self.context:
+                out.append(self._run(self.block))
         return self._emit(out)
 
     def finish(self):
@@ -175,8 +185,8 @@ class StreamResampler:
             return np.zeros(0, np.float32)
         total = int(self.n_in * float(self.sr_out) / float(self.sr_in))
         n_keep = math.ceil((self.n_in - self.kept_to) / self.step_in) * self.step_in
-        pad = self.kept_to + n_keep + self.context - (self.buf_start + len(self.buf))
-        self.buf = np.concatenate([self.buf, np.zeros(pad)])
+        pad = self.kept_to + n_keep + self.context - self.n_in
+        self.buf, self.arrived = np.concatenate([self.buf, *self.arrived, np.zeros(pad)]), []
         out = self._run(n_keep) if n_keep else np.zeros(0)
         return self._emit([out[: max(0, total - self.n_out)]])
 
@@ -251,11 +261,12 @@ class VideoSide:
     RESET_SECONDS starts a new run of timestamps (e.g. concatenated streams): the clock goes on one
     frame after the previous frame, and `warnings` names the second. Smaller steps back (a repeated
     or reordered timestamp) drop the frame. A frame without a timestamp comes one frame after the
-    previous one. Frames are converted to RGB (and turned upright) only when an extractor asks.
+    previous one. Only frames handed to an extractor are converted to RGB (and turned upright),
+    here, on the decoding thread; `send` passes on the extractor calls.
     """
 
-    def __init__(self, path, stream, extractors, limit):
-        self.path, self.stream, self.limit = path, stream, limit
+    def __init__(self, path, stream, extractors, limit, send):
+        self.path, self.stream, self.limit, self.send = path, stream, limit, send
         framed = [e for e in extractors if e.wants_frames] if stream is not None else []
         self.every_frame = [e for e in framed if e.frame_rate is None]
         self.clocks = {}  # (rate, offset) -> (FrameClock, extractors on it)
@@ -268,6 +279,7 @@ class VideoSide:
         self.shift = Fraction(0)  # added to raw timestamps after resets
         self.last = self.last_duration = None
         self.count = 0
+        self.end = Fraction(0)  # end of the last frame, capped at the limit (set by finish)
         self.warnings = []
 
     @property
@@ -305,24 +317,24 @@ class VideoSide:
             self.last_duration = Fraction(frame.duration) * self.stream.time_base
         self.last = pts
         sample = Frame(float(pts), lambda: upright_rgb(frame))
-        for e in self.every_frame:
-            e.add_frame(self.count, sample)
+        calls = [(e.add_frame, self.count, sample) for e in self.every_frame]
         self.count += 1
         for clock, users in self.clocks.values():
-            for j, f in clock.push(pts, sample):
-                for e in users:
-                    e.add_frame(j, f)
+            calls += [(e.add_frame, j, f) for j, f in clock.push(pts, sample) for e in users]
+        self._send(calls)
 
     def finish(self):
-        """Hands out the last samples; returns the end of the last frame (capped at the limit)."""
+        """Hands out the last samples and sets `end`, the end of the last frame (capped at the limit)."""
         end = self.last + (self.last_duration or 0) if self.last is not None else Fraction(0)
-        if self.limit is not None:
-            end = min(end, self.limit)
-        for clock, users in self.clocks.values():
-            for j, f in clock.finish(end):
-                for e in users:
-                    e.add_frame(j, f)
-        return end
+        self.end = min(end, self.limit) if self.limit is not None else end
+        self._send([(e.add_frame, j, f) for clock, users in self.clocks.values()
+                    for j, f in clock.finish(self.end) for e in users])
+
+    def _send(self, calls):
+        for _, _, frame in calls:
+            frame.rgb()
+        if calls:
+            self.send(calls)
 
 
 class AudioSide:
@@ -333,8 +345,8 @@ class AudioSide:
     where), so each extractor still gets one continuous signal.
     """
 
-    def __init__(self, path, stream, extractors, limit):
-        self.path, self.stream, self.limit = path, stream, limit
+    def __init__(self, path, stream, extractors, limit, send):
+        self.path, self.stream, self.limit, self.send = path, stream, limit, send
         self.listeners = {}  # rate -> extractors
         for e in extractors:
             if e.audio_rate and stream is not None:
@@ -362,10 +374,9 @@ class AudioSide:
         return (self.earlier_16k + current) // VGGISH_RATE
 
     def _feed(self, chunks):
-        for rate, chunk in chunks:
-            if len(chunk):
-                for e in self.listeners[rate]:
-                    e.add_audio(chunk)
+        calls = [(e.add_audio, chunk) for rate, chunk in chunks if len(chunk) for e in self.listeners[rate]]
+        if calls:
+            self.send(calls)
 
     def _start(self, rate):
         if self.rate is not None:
@@ -403,18 +414,45 @@ class PassResult:
     warnings: list = field(default_factory=list)  # one line each, `path: what happened`
 
 
-def run_pass(path, extractors, max_seconds=None, threads=0):
-    """Decode `path` once and feed every extractor (begin, add_frame, add_audio); the caller calls end().
+class Stopped(Exception):
+    """The caller stopped taking extractor calls (an extractor raised): decoding ends."""
 
-    Raises InputError when the file cannot be opened or decoding fails.
+
+class Handoff:
+    """Extractor calls made on the decoding thread, run in order on the caller's thread.
+
+    Each item is the list of calls for one decoded frame or audio chunk; at most `size` items wait,
+    which bounds both the memory in flight and how far decoding runs ahead of the models.
     """
-    path = Path(path)
-    container, vstream, astream, info = open_video(path, threads)
-    limit = exact(max_seconds) if max_seconds else None
-    for e in extractors:
-        e.begin(info)
-    video = VideoSide(path, vstream, extractors, limit)
-    audio = AudioSide(path, astream, extractors, limit)
+
+    DONE = None
+
+    def __init__(self, size):
+        self.queue = queue.Queue(size)
+        self.stopped = threading.Event()
+        self.error = None  # what ended the decoding thread, re-raised on the caller's thread
+
+    def send(self, calls):
+        """On the decoding thread: waits for room; raises Stopped once the caller stopped."""
+        while not self.stopped.is_set():
+            try:
+                return self.queue.put(calls, timeout=0.05)
+            except queue.Full:
+                pass
+        raise Stopped
+
+    def run(self):
+        """On the caller's thread: runs the calls until the decoding thread is done."""
+        while (calls := self.queue.get()) is not self.DONE:
+            for method, *args in calls:
+                method(*args)
+        if self.error is not None:
+            raise self.error
+
+
+def decode(container, video, audio, handoff):
+    """The decoding thread: each packet of the streams some extractor uses goes to its side, then
+    the sides hand out their last samples. A decoding failure is kept as an InputError for the caller."""
     sides = {side.stream.index: side for side in (video, audio) if side.on}
     try:
         packets = container.demux([side.stream for side in sides.values()]) if sides else []
@@ -426,11 +464,63 @@ def run_pass(path, extractors, max_seconds=None, threads=0):
                 side.add(frame)
             if not (video.on or audio.on):
                 break
+        video.finish()
+        audio.finish()
     except av.FFmpegError as e:
-        raise InputError(f"decode failed near {max(video.position, audio.position):.1f} s: {error_text(e)}") from None
+        handoff.error = InputError(f"decode failed near {max(video.position, audio.position):.1f} s: {error_text(e)}")
+    except Stopped:
+        return
+    except BaseException as e:  # a bug here must reach the caller, not end with the thread
+        handoff.error = e
     finally:
         container.close()
-    end = video.finish()
-    audio.finish()
-    return PassResult(info, math.floor(end), audio.t_audio, max(float(end), audio.position),
+    try:
+        handoff.send(Handoff.DONE)
+    except Stopped:
+        pass
+
+
+@dataclass
+class PassResult:
+    info: VideoInfo
+    t_video: int  # floor(end of the last decoded frame), capped by max_seconds
+    t_audio: int  # floor(decoded samples / 16000 at 16 kHz)
+    seconds_decoded: float
+    warnings: list = field(default_factory=list)  # one line each, `path: what happened`
+
+
+@functools.cache
+def blas():
+    """threadpoolctl's controller of numpy's BLAS (torch has its own threads)."""
+    from threadpoolctl import ThreadpoolController
+
+    return ThreadpoolController()
+
+
+def run_pass(path, extractors, max_seconds=None, threads=0):
+    """Decode `path` once and feed every extractor (begin, add_frame, add_audio, all called on this
+    thread); the caller calls end(). Raises InputError when the file cannot be opened or decoding fails.
+
+    numpy's BLAS runs on one thread meanwhile: its products here (resampling, log-mel) are small and
+    run beside torch's threads and the decoding thread, and more BLAS threads fight them for the
+    cores (a 1 ms resampling product took 40 ms on a busy 2-core machine).
+    """
+    path = Path(path)
+    container, vstream, astream, info = open_video(path, threads)
+    limit = exact(max_seconds) if max_seconds else None
+    for e in extractors:
+        e.begin(info)
+    frame_bytes = max(1, info.width * info.height * 3)
+    handoff = Handoff(min(64, max(2, HANDOFF_BYTES // frame_bytes)))
+    video = VideoSide(path, vstream, extractors, limit, handoff.send)
+    audio = AudioSide(path, astream, extractors, limit, handoff.send)
+    decoder = threading.Thread(target=decode, args=(container, video, audio, handoff), name="decode", daemon=True)
+    with blas().limit(limits=1, user_api="blas"):
+        decoder.start()
+        try:
+            handoff.run()
+        finally:
+            handoff.stopped.set()
+            decoder.join()
+    return PassResult(info, math.floor(video.end), audio.t_audio, max(float(video.end), audio.position),
                       video.warnings + audio.warnings)

@@ -241,10 +241,11 @@ class QuietLogger:
             tqdm.write(redact(message), file=sys.stderr)
 
 
-def downloaded_file(folder, vid):
-    """The finished file of `vid` in `folder` (never a .part, .ytdl, format or trimming leftover)."""
-    for path in sorted(Path(folder).glob(f"{glob_escape(vid)}.*")):
-        rest = path.name[len(vid) + 1:]
+def finished_file(named):
+    """The finished file beside `named` with the same stem (never a .part, .ytdl, format or trimming leftover)."""
+    stem = Path(named).stem
+    for path in sorted(Path(named).parent.glob(f"{glob_escape(stem)}.*")):
+        rest = path.name[len(stem) + 1:]
         if "." not in rest and rest not in ("part", "ytdl", "temp"):
             return path
     return None
@@ -292,17 +293,29 @@ class Downloader:
         return params
 
     def fetch(self, url, kind, proxy):
-        """Download one URL into OUT/<kind>/ (trimmed); return (id, finished file)."""
+        """Download one URL into OUT/<kind>/ (trimmed); return (id, finished file).
+
+        The file is the one yt-dlp reports, never a name made here from the id: yt-dlp rewrites
+        characters such as / and ? in file names, and an id must not lead outside OUT/<kind>/.
+        """
         import yt_dlp
 
+        folder = self.out / kind
         with yt_dlp.YoutubeDL(self.params(kind, proxy)) as ydl:
             if self.args.max_seconds:
                 ydl.add_post_processor(make_trim_postprocessor(self.args.max_seconds, self.ffmpeg), when="post_process")
             info = ydl.extract_info(url, download=True)
-        path = downloaded_file(self.out / kind, info["id"])
-        if path is None:
-            raise RuntimeError(f"yt-dlp finished but no file {kind}/{info['id']}.* is there")
-        return info["id"], path
+            vid = info["id"] if info else guess_id(url)
+            downloads = (info or {}).get("requested_downloads")
+            if downloads:
+                path = Path(downloads[-1]["filepath"])
+            else:  # already in the archive (a run killed before it wrote status.csv): the file yt-dlp named then
+                path = finished_file(ydl.prepare_filename({"id": vid, "ext": "part"}))
+        if path is None or not path.is_file():
+            raise RuntimeError(f"yt-dlp finished but left no file for {vid} in {folder}")
+        if not path.resolve().is_relative_to(folder.resolve()):
+            raise RuntimeError(f"yt-dlp wrote {path}, outside {folder}")
+        return vid, path
 
     def run_one(self, url):
         """(id, url, status, message, attempts) after up to --retries attempts."""
@@ -315,7 +328,7 @@ class Downloader:
                 files = []
                 for kind in ("video", "audio") if self.args.audio else ("video",):
                     vid, path = self.fetch(url, kind, proxy)
-                    files.append(path.relative_to(self.out).as_posix())
+                    files.append(path.resolve().relative_to(self.out.resolve()).as_posix())
                 return vid, url, "ok", " ".join(files), attempt
             except Exception as e:  # yt-dlp's DownloadError and anything else: classified, reported, retried
                 status, message = classify(e), short_message(e)
@@ -359,8 +372,10 @@ def summary(rows, problems):
 
 
 def main(argv=None):
+    from feature_extraction.cli import HelpFormatter
+
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0], epilog=__doc__.split("\n", 2)[2],
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+                                     formatter_class=HelpFormatter)
     parser.add_argument("--list", required=True, type=Path, help="text file, one URL (or bare YouTube id) per line; "
                         "blank lines, # comments and duplicates are reported and skipped")
     parser.add_argument("--out", required=True, type=Path, help="dataset folder: video/, audio/, status.csv, archive.txt")

@@ -38,10 +38,13 @@ def feature_modules():
 
 
 def build_parser(modules):
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--videos", nargs="+", required=True,
+    from feature_extraction.cli import HelpFormatter
+
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
+    p.add_argument("--videos", nargs="+", action="extend", required=True,
                    help="video files, folders (their files with a video suffix, sorted) and/or list files "
-                        f"({', '.join(sorted(LIST_SUFFIXES))}: one path per line, relative to the working directory)")
+                        f"({', '.join(sorted(LIST_SUFFIXES))}: one path per line, relative to the working directory); "
+                        "may be repeated; a name starting with '-' is given as --videos=-name.mp4")
     p.add_argument("--out", required=True, help="output folder (one sub-folder per feature)")
     p.add_argument("--features", nargs="+", default=["resnet", "clip", "vggish"], choices=[*modules, "all"],
                    metavar="TOKEN", help=f"features to extract: {', '.join(modules)} or all (default: resnet clip vggish)")
@@ -52,7 +55,7 @@ def build_parser(modules):
                         "`python feature_extraction/weights.py --random`)")
     p.add_argument("--batch_size", type=int, default=16, help="frames (or examples) per model call (default 16)")
     p.add_argument("--max_seconds", type=float, default=None,
-                   help="decode only the first N seconds of each video (the datasets use 360)")
+                   help="decode only the first N seconds of each video (the datasets use 360; default: whole video)")
     p.add_argument("--threads", type=int, default=0,
                    help="torch CPU threads and decoder threads (default 0: the libraries' own choice)")
     p.add_argument("--overwrite", action="store_true",
@@ -69,7 +72,7 @@ def list_videos(sources):
     for source in map(Path, sources):
         if source.is_dir():
             paths += sorted(q for q in source.iterdir() if q.suffix.lower() in VIDEO_SUFFIXES and not q.name.startswith("."))
-        elif source.suffix.lower() in LIST_SUFFIXES:
+        elif source.suffix.lower() in LIST_SUFFIXES and source.is_file():
             lines = source.read_text(encoding="utf-8").splitlines()
             paths += [Path(line.strip()) for line in lines if line.strip() and not line.lstrip().startswith("#")]
         else:
@@ -202,7 +205,28 @@ def process(path, todo, out, args):
     return result.seconds_decoded, "; ".join(f"{r} ({', '.join(tokens)})" for r, tokens in reasons.items())
 
 
-def main(argv=None):
+def required_checkpoints(tokens, args):
+    """Names (weights.CHECKPOINTS) of the checkpoints that these tokens load with these flags."""
+    names = []
+    if "resnet" in tokens:
+        names.append(f"resnet{args.resnet}")
+    if "clip" in tokens:
+        names.append("clip_vit_b32")
+    if "vggish" in tokens:
+        names += ["vggish", "vggish_pca"] if args.pca else ["vggish"]
+    if "i3d" in tokens:
+        names += ["i3d_rgb_imagenet", "i3d_flow_imagenet"] if args.i3d_imagenet else ["i3d_rgb", "i3d_flow"]
+        if args.flow_method == "raft":
+            names.append("raft_large")
+    if "wav2clip" in tokens:
+        names.append("wav2clip")
+    return names
+
+
+def run(argv=None):
+    """Everything `main` does but the closing `N failed`; returns the inputs that failed (each already
+    reported as `path: reason`). Inputs, device and weights are checked before any model loads or
+    OUT is created."""
     t_start = time.perf_counter()
     # scancel and Slurm's time limit send SIGTERM: leave through SystemExit so atomic writes remove their temp files
     signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
@@ -217,8 +241,20 @@ def main(argv=None):
         lines = [f"  {stem}: {', '.join(map(str, ps))}" for stem, ps in dups.items()]
         raise SystemExit("inputs with the same id (file stem) would overwrite each other's features:\n"
                          + "\n".join(lines))
+    missing = [p for p in paths if not p.is_file()]
+    for p in missing:
+        print(f"{p}: cannot open: No such file or directory", file=sys.stderr)
+    paths = [p for p in paths if p.is_file()]
     if not paths:
         raise SystemExit(f"no videos found in {' '.join(args.videos)}")
+    from feature_extraction import weights
+    from feature_extraction.cli import check_device
+
+    check_device(args.device)
+    try:
+        weights.require(required_checkpoints(tokens, args), args.weights)
+    except weights.WeightsError as e:
+        raise SystemExit(str(e)) from None
 
     if args.threads > 0:
         import torch
@@ -227,14 +263,12 @@ def main(argv=None):
     if args.weights == "random":
         print("warning: --weights random: features come from seeded random weights, not the official "
               "checkpoints; use them only for tests and demos", file=sys.stderr)
-    from feature_extraction.weights import WeightsError
-
     extractors = []
     try:
         for token in tokens:
             built = modules[token].build(args)  # reads no weights: load() does, for the first video that needs them
             extractors += built if isinstance(built, list) else [built]
-    except WeightsError as e:
+    except weights.WeightsError as e:
         raise SystemExit(str(e))
     check_folders(out, extractors, args.max_seconds, args.overwrite, [p.stem for p in paths])
 
@@ -252,7 +286,7 @@ def main(argv=None):
         try:
             for e in todo:
                 e.load()
-        except WeightsError as err:
+        except weights.WeightsError as err:
             raise SystemExit(str(err))
         load_seconds += time.perf_counter() - t_load
         try:
@@ -273,10 +307,17 @@ def main(argv=None):
 
     merge(out)
     speed = f", {seconds / video_seconds:.2f} s of video per second" if seconds and video_seconds else ""
-    print(f"{len(paths)} videos: {done} extracted, {skipped} already done, {len(failed)} failed; "
+    failed = missing + failed
+    n = len(paths) + len(missing)
+    print(f"{n} video{'' if n == 1 else 's'}: {done} extracted, {skipped} already done, {len(failed)} failed; "
           f"features {' '.join(tokens)} in {out}; {seconds:.0f} s of video in {video_seconds:.1f} s{speed}; "
           f"start-up {startup_seconds:.1f} s, model loading {load_seconds:.1f} s, "
           f"total {time.perf_counter() - t_start:.1f} s")
+    return failed
+
+
+def main(argv=None):
+    failed = run(argv)
     if failed:
         print(f"{len(failed)} failed", file=sys.stderr)
         return 1

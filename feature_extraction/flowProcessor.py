@@ -6,9 +6,10 @@ Dynp with the "normal" cost cuts it into segments (Binseg beyond --dynp_max_seco
 about cubically), boundaries in whole seconds; segments are ranked by mean flow, rank 1 = most motion.
 One flow/<id>.json per video; flow/ranks.csv is derived from them (rebuild_ranks_csv).
 
-Standalone: `python feature_extraction/flowProcessor.py --videos DIR --out OUT` runs the extraction
-pass with only this feature (same flags as extract.py).
+Standalone: `python feature_extraction/flowProcessor.py --videos DIR --out OUT` runs extract.py's pass
+with only this feature and the flags below (other features: extract.py).
 """
+import argparse
 import csv
 import io
 import json
@@ -32,17 +33,20 @@ RANKS_HEADER = ["vid", "ranks", "segments", "top_start", "top_end", "bottom_star
 def segment_signal(signal, rate, n_bkps=7, min_seconds=10, jump_samples=3, dynp_max_seconds=600):
     """Change points of a 1-D signal sampled at `rate` Hz -> (boundaries in whole seconds, method).
 
-    Boundaries start at 0 and end at floor(N / rate); n_bkps is capped at floor(N / min_size) - 1 so
-    every segment can hold min_seconds; with 0 breakpoints the signal is one segment ("single").
-    Interior boundaries are change points (sample indices, multiples of jump_samples) // rate.
+    Boundaries start at 0 and end at floor(N / rate). n_bkps is lowered until ruptures' own rule
+    (ruptures.utils.sanity_check) admits it: every segment holds min_seconds and starts on a multiple
+    of jump_samples. With 0 breakpoints the signal is one segment ("single"). Interior boundaries are
+    change points (sample indices) // rate.
     """
     import ruptures
+    from ruptures.utils import sanity_check
 
     signal = np.asarray(signal, dtype=np.float64)
     n = len(signal)
     end = int(n // rate)
     min_size = max(int(round(min_seconds * rate)), 2)
-    n_bkps = min(n_bkps, n // min_size - 1)
+    while n_bkps > 0 and not sanity_check(n, n_bkps, jump_samples, min_size):
+        n_bkps -= 1
     if n_bkps <= 0 or end <= 0:
         return [0, end], "single"
     method = "dynp" if n / rate <= dynp_max_seconds else "binseg"
@@ -100,7 +104,7 @@ def rebuild_ranks_csv(flow_dir):
     flow_dir = Path(flow_dir)
     rows = []
     for path in sorted(flow_dir.glob("*.json")):
-        if path.name.startswith("_"):
+        if path.name == "_feature.json":  # the folder's settings; ids may start with "_" too
             continue
         rows.append(ranks_row(json.loads(path.read_text(encoding="utf-8"))))
     rows.sort(key=lambda r: r["vid"])
@@ -208,8 +212,14 @@ class FlowExtractor(Extractor):
         if not self.values:
             raise InputError("flow: fewer than 2 frames at 3 fps")
         signal = np.asarray(self.values[:1] + self.values, dtype=np.float32)
-        boundaries, method = segment_signal(signal, RATE, self.n_bkps, self.min_seconds, self.jump,
-                                            self.dynp_max_seconds)
+        from ruptures.exceptions import BadSegmentationParameters
+
+        try:
+            boundaries, method = segment_signal(signal, RATE, self.n_bkps, self.min_seconds, self.jump,
+                                                self.dynp_max_seconds)
+        except BadSegmentationParameters:  # ruptures gives no message: say which settings it refused
+            raise InputError(f"flow: ruptures cannot segment {len(signal)} samples with --min_seconds "
+                             f"{self.min_seconds} and --jump_samples {self.jump}") from None
         boundaries[-1] = min(boundaries[-1], t_video)
         if boundaries[-1] <= boundaries[-2]:
             raise InputError(f"flow: {t_video} s of video is too short for a segment")
@@ -222,11 +232,30 @@ class FlowExtractor(Extractor):
         return out
 
 
+def build_parser():
+    from feature_extraction.cli import HelpFormatter
+
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
+    p.add_argument("--videos", nargs="+", action="extend", required=True,
+                   help="video files, folders and/or list files, as extract.py reads them; may be repeated")
+    p.add_argument("--out", required=True, help="output folder; results go to OUT/flow")
+    add_arguments(p)
+    p.add_argument("--max_seconds", type=float, help="use only the first N seconds of each video (default: all of it)")
+    p.add_argument("--threads", type=int, default=0, help="decoder threads; 0 lets the library choose")
+    p.add_argument("--overwrite", action="store_true", help="redo videos whose files exist")
+    return p
+
+
 def main(argv=None):
     from feature_extraction import extract
 
-    argv = list(sys.argv[1:] if argv is None else argv)
-    return extract.main(argv + ["--features", "flow"])
+    args = build_parser().parse_args(argv)
+    forwarded = [*(f"--videos={v}" for v in args.videos), f"--out={args.out}", "--features", "flow",
+                 f"--n_bkps={args.n_bkps}", f"--min_seconds={args.min_seconds}", f"--jump_samples={args.jump_samples}",
+                 f"--dynp_max_seconds={args.dynp_max_seconds}", f"--threads={args.threads}"]
+    forwarded += ["--plot"] * args.plot + ["--overwrite"] * args.overwrite
+    forwarded += [f"--max_seconds={args.max_seconds}"] if args.max_seconds else []
+    return extract.main(forwarded)
 
 
 if __name__ == "__main__":

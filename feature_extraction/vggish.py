@@ -94,13 +94,33 @@ def load_model(path):
     return model.eval()
 
 
+# The only globals a torch pickle of float numpy arrays needs, under numpy 2's and numpy 1's names (the
+# published file was written with numpy 1). Anything else in the file is refused, not run.
+NUMPY_ARRAY_GLOBALS = [np._core.multiarray._reconstruct, np.ndarray, np.dtype, type(np.dtype(np.float64)),
+                       type(np.dtype(np.float32)),
+                       (np._core.multiarray._reconstruct, "numpy.core.multiarray._reconstruct")]
+
+
+def load_pca_params(path):
+    """(eigen vectors (128, 128), means (128,)) float64 from torchvggish's PCA file, a torch pickle of numpy
+    arrays, read by torch's weights-only unpickler with only numpy's array globals allowed."""
+    try:
+        with torch.serialization.safe_globals(NUMPY_ARRAY_GLOBALS):
+            params = torch.load(path, map_location="cpu", weights_only=True)
+        eigen_vectors = np.asarray(params["pca_eigen_vectors"], dtype=np.float64)
+        means = np.asarray(params["pca_means"], dtype=np.float64).reshape(-1)
+    except Exception as e:  # anything but the two arrays: unpickling refused, missing keys, other types
+        raise ValueError(f"{path}: not a VGGish PCA parameter file ({(str(e).splitlines() or [type(e).__name__])[0]})") from None
+    if eigen_vectors.shape != (EMBEDDING, EMBEDDING) or means.shape != (EMBEDDING,):
+        raise ValueError(f"{path}: PCA shapes {eigen_vectors.shape} and {means.shape}, expected (128, 128) and (128,)")
+    return eigen_vectors, means
+
+
 class PCA:
     """AudioSet postprocessing: E (x - mu), clip to [-2, 2], quantise to 0..255 (torchvggish rounds)."""
 
     def __init__(self, path):
-        params = torch.load(path, map_location="cpu", weights_only=False)  # trusted: a pickle of numpy arrays
-        self.eigen_vectors = np.asarray(params["pca_eigen_vectors"], dtype=np.float64)
-        self.means = np.asarray(params["pca_means"], dtype=np.float64).reshape(-1)
+        self.eigen_vectors, self.means = load_pca_params(path)
 
     def project(self, embeddings):
         """(N, 128) -> (N, 128) float64 before clipping and quantisation."""
@@ -217,5 +237,8 @@ def build(args):
     if pca:
         pca_info = weights.provenance("vggish_pca", args.weights)
         info["options"].update(pca_checkpoint=pca_info["checkpoint"], pca_sha256=pca_info["sha256"])
-    postprocess = PCA(weights.checkpoint_path("vggish_pca", args.weights)) if pca else None
+    try:
+        postprocess = PCA(weights.checkpoint_path("vggish_pca", args.weights)) if pca else None
+    except ValueError as e:
+        raise weights.WeightsError(str(e)) from None
     return VGGishExtractor(lambda: load_model(path).to(args.device), postprocess, info, args.batch_size, args.device)

@@ -32,7 +32,9 @@ def list_inputs(sources):
 
 
 def main(argv=None):
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    from feature_extraction.cli import HelpFormatter
+
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
     p.add_argument("--audio", nargs="+", required=True,
                    help="audio or video files, folders (their " + ", ".join(sorted(AUDIO_SUFFIXES)) + " and video "
                         "files, sorted) and/or list files (.txt/.lst/.list/.csv: one path per line)")
@@ -47,7 +49,8 @@ def main(argv=None):
                         "from $VMR_CACHE/random/ (tests and demos only)")
     p.add_argument("--device", default="cpu", help="torch device: cpu, cuda or cuda:N (default cpu)")
     p.add_argument("--batch_size", type=int, default=16, help="0.96 s VGGish examples (or 1 s Wav2CLIP frames) per model call (default 16)")
-    p.add_argument("--max_seconds", type=float, default=None, help="use only the first N seconds of each file")
+    p.add_argument("--max_seconds", type=float, default=None,
+                   help="use only the first N seconds of each file (default: all of it)")
     p.add_argument("--threads", type=int, default=0, help="torch CPU threads (default 0: torch's own choice)")
     p.add_argument("--overwrite", action="store_true", help="redo files whose features exist")
     args = p.parse_args(argv)
@@ -55,11 +58,12 @@ def main(argv=None):
     paths = list_inputs(args.audio)
     if not paths:
         raise SystemExit(f"no audio or video files found in {' '.join(args.audio)}")
-    forwarded = ["--videos", *map(str, paths), "--out", args.out, "--features", *args.features,
-                 "--weights", args.weights, "--device", args.device, "--batch_size", str(args.batch_size),
-                 "--threads", str(args.threads)]
+    # `--flag=value` forms, so that a file name such as "-x8Yq.mp3" is never read as a flag
+    forwarded = [*(f"--videos={p}" for p in paths), f"--out={args.out}", "--features", *args.features,
+                 f"--weights={args.weights}", f"--device={args.device}", f"--batch_size={args.batch_size}",
+                 f"--threads={args.threads}"]
     forwarded += ["--pca"] * args.pca + ["--overwrite"] * args.overwrite
-    forwarded += ["--max_seconds", str(args.max_seconds)] if args.max_seconds else []
+    forwarded += [f"--max_seconds={args.max_seconds}"] if args.max_seconds else []
     return extract.main(forwarded)
 
 

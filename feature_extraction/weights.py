@@ -241,6 +241,46 @@ def checkpoint_path(name, weights="official", cache=None):
     return path
 
 
+def require(names, weights="official", cache=None):
+    """Make sure every named checkpoint is in the cache (official ones downloaded and verified), or raise
+    one WeightsError that lists every file missing and the ways forward.
+
+    After the first failed download the other missing files are listed without trying: on a machine
+    without network each try would wait for its own timeout.
+    """
+    folder = cache_dir(cache) / ("random" if weights == "random" else "")
+    missing, problems, download_error = [], [], None
+    for name in dict.fromkeys(names):
+        entry = _lookup(name)
+        absent = not (folder / entry.filename).exists()
+        if absent and (weights == "random" or download_error is not None):
+            missing.append(entry)
+            continue
+        try:
+            checkpoint_path(name, weights, cache)
+        except WeightsError as e:
+            if absent:
+                missing.append(entry)
+                download_error = e
+            else:
+                problems.append(str(e))  # a file that is there but does not verify
+    if not missing and not problems:
+        return
+    lines = problems[:]
+    if missing and weights == "random":
+        lines.append(f"no random weights in {folder} for {', '.join(e.filename for e in missing)}; "
+                     "run `python feature_extraction/weights.py --random`")
+    elif missing:
+        lines.append(f"{len(missing)} official checkpoint(s) missing from {folder}:")
+        lines += [f"  {e.filename}  ({e.url})" for e in missing]
+        lines.append(f"the download failed: {download_error}")
+        lines.append("Either run `make weights` on a machine with network (then copy the cache folder here or point "
+                     "$VMR_CACHE at it); or download the files above by hand and place them in "
+                     f"{folder} (each is verified on first use); or try the toolkit with `--weights random` "
+                     "(seeded random weights: everything runs, the features mean nothing).")
+    raise WeightsError("\n".join(lines))
+
+
 def provenance(name, weights="official", cache=None):
     """What an extractor records about its checkpoint in _feature.json."""
     path = checkpoint_path(name, weights, cache)
@@ -274,8 +314,9 @@ def main(argv=None):
               "Without network a download stops with one line naming the URL and the path where the file can be\n"
               "placed by hand; it is verified the first time it is used. $VMR_DOWNLOAD_TIMEOUT (seconds, default 60)\n"
               "is how long a silent server is waited for.")
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0], epilog=epilog,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    from feature_extraction.cli import HelpFormatter
+
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0], epilog=epilog, formatter_class=HelpFormatter)
     action = parser.add_mutually_exclusive_group(required=True)
     action.add_argument("--download", nargs="+", metavar="NAME",
                         help="download and verify these checkpoints into the cache ('all' = every one)")

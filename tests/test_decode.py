@@ -260,3 +260,20 @@ def test_audio_sample_rate_change_restarts_the_resampler(tmp_path):
     assert peak_hz(audio.audio[56000:88000], 16000) == pytest.approx(1000, abs=2)
     assert [w for w in result.warnings if "sample rate" in w] == [
         f"{clip}: audio sample rate changes from 44100 to 48000 Hz at 3.0 s; resampling restarts at the new rate"]
+
+
+def test_an_extractor_error_stops_the_decoding_thread(make_clip):
+    import threading
+
+    class Failing(Recorder):
+        def add_frame(self, index, frame):
+            super().add_frame(index, frame)
+            if len(self.frames) == 3:
+                raise RuntimeError("model failed")
+
+    before = threading.active_count()
+    failing, audio = Failing(frame_rate=None), Recorder(audio_rate=16000)
+    with pytest.raises(RuntimeError, match="model failed"):
+        run_pass(make_clip("long.mp4", seconds=20, width=320, height=240), [failing, audio])
+    assert threading.active_count() == before  # the decoding thread ended
+    assert len(failing.frames) == 3 and len(audio.audio) < 20 * 16000  # it stopped early, not at the end

@@ -231,3 +231,19 @@ def test_himv_list_is_fetched_verified_and_normalised(server, tmp_path):
     result = subprocess.run(command, capture_output=True, text=True, env=env)
     assert result.returncode == 1 and len(result.stderr.strip().splitlines()) == 1
     assert result.stderr.startswith(env["HIMV_URL"]) and not (tmp_path / "HIMV200.txt").exists()
+
+
+def test_files_are_the_ones_yt_dlp_reports_and_stay_inside_out(server, clips, tmp_path):
+    """A generic id comes from the URL: `..%2Fvideo%2Fa` is the id `../video/a`, `a%3Fb` the id `a?b`. yt-dlp
+    names their files `..⧸video⧸a.mp4` and `a？b.mp4`; a path made from the raw id would name another video's
+    file (video/../video/a.mp4) or none."""
+    server.files.update({"/a.mp4": clips["a"], "/..%2Fvideo%2Fa.mp4": clips["b"], "/a%3Fb.mp4": clips["long"]})
+    u = server.url
+    code, rows = run(tmp_path, [f"{u}/a.mp4", f"{u}/..%2Fvideo%2Fa.mp4", f"{u}/a%3Fb.mp4"], "--max_seconds", "0")
+    assert code == 0
+    assert {vid: r["status"] for vid, r in rows.items()} == {"a": "ok", "../video/a": "ok", "a?b": "ok"}
+    video = tmp_path / "out" / "video"
+    for vid, clip in (("a", "a"), ("../video/a", "b"), ("a?b", "long")):
+        path = tmp_path / "out" / rows[vid]["message"]
+        assert path.parent == video and path.read_bytes() == clips[clip]
+    assert sorted(p.name for p in video.iterdir()) == sorted(["a.mp4", "..⧸video⧸a.mp4", "a？b.mp4"])

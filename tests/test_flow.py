@@ -76,6 +76,13 @@ def test_breakpoints_capped_by_length():
     assert fp.segment_signal(s[:45], 3) == ([0, 15], "single")
 
 
+def test_breakpoints_capped_by_ruptures_own_rule():
+    """Segments start on multiples of --jump_samples: with jump 4 a 10 s segment takes 32 samples, so
+    90 samples hold one breakpoint, not floor(90 / 30) - 1 = 2 (ruptures raised BadSegmentationParameters)."""
+    boundaries, method = fp.segment_signal(_step_signal()[:90], 3, n_bkps=7, min_seconds=10, jump_samples=4)
+    assert method == "dynp" and len(boundaries) == 3 and boundaries[0] == 0 and boundaries[-1] == 30
+
+
 def test_rank_ties_favour_the_earlier_segment():
     ranks, means = fp.rank_segments(np.r_[np.ones(6), np.full(3, 5.0), np.ones(3)], 3, [0, 1, 2, 3, 4])
     assert means == [1.0, 1.0, 5.0, 1.0] and ranks == [2, 3, 1, 4]
@@ -189,6 +196,21 @@ def test_standalone_cli_bad_input_and_single_segment(make_clip, tmp_path, capsys
     assert (result["segments"], result["ranks"], result["method"]) == ([0, 3], [1], "single")
     assert (out / "flow" / "ranks.csv").read_text().splitlines()[1] == "still,1,0 3,0,3,0,3"
     assert not (out / "flow" / "text.json").exists()
+
+
+def test_ids_starting_with_underscore_and_a_short_video_with_odd_segment_sizes(make_clip, tmp_path, capsys):
+    """`_under` is an id like the 10 SymMV YouTube ids that start with `_`, not a file of ours. With
+    --min_seconds 3.5 a segment takes 10 samples but starts every 3, so 15 s hold 2 breakpoints, not 3
+    (ruptures raised an empty BadSegmentationParameters)."""
+    videos = tmp_path / "videos"
+    videos.mkdir()
+    make_clip("videos/_under.mp4", seconds=15.0, motion=[(5.0, 10.0)])
+    out = tmp_path / "out"
+    assert fp.main(["--videos", str(videos), "--out", str(out), "--min_seconds", "3.5"]) == 0, capsys.readouterr().err
+    result = json.loads((out / "flow" / "_under.json").read_text())
+    seg = result["segments"]
+    assert len(seg) == 4 and seg[0] == 0 and seg[-1] == 15 and min(np.diff(seg)) >= 3  # 2 breakpoints
+    assert fp.read_ranks_csv(out / "flow" / "ranks.csv") == {"_under": {"segments": seg, "ranks": result["ranks"]}}
 
 
 def test_every_flag_in_help():

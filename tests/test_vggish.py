@@ -94,6 +94,42 @@ def test_random_files_have_torchvggish_format(weights_cache):
     assert params["pca_means"].shape == (128,) and params["pca_means"].dtype == np.float64
 
 
+class Opens:
+    """Unpickling this calls open(path, "w"): what any pickle can make the loader run."""
+
+    def __init__(self, path):
+        self.path = str(path)
+
+    def __reduce__(self):
+        return open, (self.path, "w")
+
+
+def test_pca_file_with_other_objects_is_refused_not_run(tmp_path):
+    marker = tmp_path / "ran"
+    path = tmp_path / "vggish_pca_params-970ea276.pth"
+    torch.save({"pca_eigen_vectors": Opens(marker), "pca_means": np.zeros(128)}, path)
+    with pytest.raises(ValueError, match=f"{path}: not a VGGish PCA parameter file"):
+        vggish.PCA(path)
+    assert not marker.exists()
+
+
+def test_pca_file_written_with_numpy_1_loads(weights_cache, tmp_path):
+    """The published file pickles numpy.core.multiarray._reconstruct (numpy 1's name); ours numpy._core's."""
+    import zipfile
+
+    ours = weights_cache / "random" / "vggish_pca_params-970ea276.pth"
+    old = tmp_path / "numpy1.pth"
+    with zipfile.ZipFile(ours) as src, zipfile.ZipFile(old, "w") as dst:
+        for name in src.namelist():
+            data = src.read(name)
+            dst.writestr(name, data.replace(b"numpy._core.multiarray", b"numpy.core.multiarray")
+                         if name.endswith("data.pkl") else data)
+    assert b"numpy.core.multiarray" in zipfile.ZipFile(old).read(next(n for n in zipfile.ZipFile(old).namelist()
+                                                                         if n.endswith("data.pkl")))
+    a, b = vggish.PCA(ours), vggish.PCA(old)
+    assert np.array_equal(a.eigen_vectors, b.eigen_vectors) and np.array_equal(a.means, b.means)
+
+
 def test_streaming_rows_equal_whole_signal_rows(ours):
     wave = waveform(4.7, seed=1)
     extractor = vggish.VGGishExtractor(lambda: ours, None, {}, batch_size=3)
@@ -148,3 +184,17 @@ def test_vggish_processor_on_music_and_video(weights_cache, vmr_env, make_clip, 
     assert vggishProcessor.main(cmd[2:]) == 1  # resume: only the bad file is tried again
     assert "1 failed" in capsys.readouterr().err
     assert (out / "vggish" / "hi.npy").stat().st_mtime_ns == mtime
+
+
+def test_names_starting_with_dash_or_underscore(weights_cache, vmr_env, tmp_path, monkeypatch):
+    """17 SymMV ids start with `-` and 10 with `_`: never read as flags, never skipped."""
+    from feature_extraction import vggishProcessor
+
+    music = tmp_path / "music"
+    music.mkdir()
+    for name in ("-dash", "_under"):
+        soundfile.write(music / f"{name}.wav", waveform(2.2), 16000)
+    out = tmp_path / "out"
+    monkeypatch.chdir(music)  # `--audio .` lists "-dash.wav"
+    assert vggishProcessor.main(["--audio", ".", "--out", str(out), "--weights", "random", "--threads", "1"]) == 0
+    assert sorted(p.name for p in (out / "vggish").glob("*.npy")) == ["-dash.npy", "_under.npy"]

@@ -189,3 +189,35 @@ def test_random_writer_writes_seeded_files(tmp_path):
     assert files[0].read_bytes() != files[1].read_bytes()
     assert weights.provenance(name, "random", cache=tmp_path / "0") == {
         "checkpoint": "i3d_rgb.pt", "sha256": hashlib.sha256(files[0].read_bytes()).hexdigest(), "weights": "random"}
+
+
+def test_missing_weights_are_listed_in_one_message_before_anything_runs(cache, tmp_path, monkeypatch, make_clip):
+    from feature_extraction import extract
+
+    clip = make_clip()
+    dead = f"http://127.0.0.1:{closed_port()}"
+    for name in ("resnet101", "clip_vit_b32", "vggish"):
+        monkeypatch.setitem(CHECKPOINTS, name, replace(CHECKPOINTS[name], url=f"{dead}/{CHECKPOINTS[name].filename}"))
+    out = tmp_path / "out"
+    with pytest.raises(SystemExit) as stop:
+        extract.main(["--videos", str(clip), "--out", str(out)])  # resnet clip vggish, official weights
+    message = str(stop.value.code)
+    for name in ("resnet101-63fe2227.pth", "ViT-B-32.pt", "vggish-10086976.pth"):
+        assert f"  {name}  ({dead}/{name})" in message
+    assert "3 official checkpoint(s) missing from " + str(cache) in message
+    assert "`make weights`" in message and f"place them in {cache}" in message and "`--weights random`" in message
+    assert not out.exists() and cache_files(cache) == []
+
+    with pytest.raises(SystemExit) as stop:
+        extract.main(["--videos", str(clip), "--out", str(out), "--weights", "random", "--features", "clip", "vggish"])
+    assert stop.value.code == (f"no random weights in {cache / 'random'} for ViT-B-32.pt, vggish-10086976.pth; "
+                               "run `python feature_extraction/weights.py --random`")
+    assert not out.exists()
+
+
+def closed_port():
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]

@@ -18,6 +18,7 @@ INDEX.npz is VM-NET's format (ids, track_emb, seg_track, seg_start, seg_end, seg
 track_file (N,) str: where each track's audio feature rows are, read back for the aligned rerank.
 """
 import argparse
+import contextlib
 import json
 import shlex
 import sys
@@ -32,7 +33,7 @@ from feature_extraction.atomic import atomic_path
 from transformer.data import feature_segments, make_item
 from transformer.model import load_model
 from transformer.scoring import aligned_scores, best_segments, embed_library, embed_video_item
-from vmnet.retrieve import EXTRACT_ARGS, RetrievalError, list_library, search
+from vmnet.retrieve import EXTRACT_ARGS, RetrievalError, check_queries, list_library, search, video_queries
 from vmnet.test import sha256_file
 
 
@@ -40,10 +41,12 @@ def run_extraction(paths, tokens, flags, work_dir, extract_args):
     """feature_extraction/extract.py on media files (failures print `path: reason` and the run goes on)."""
     from feature_extraction import extract as extract_mod
 
-    args = ["--videos", *map(str, paths), "--out", str(work_dir), "--features", *dict.fromkeys(tokens), *flags,
+    # `--flag=value` forms: a file name such as "-x8Yq.mp4" is never read as a flag
+    args = [*(f"--videos={p}" for p in paths), f"--out={work_dir}", "--features", *dict.fromkeys(tokens), *flags,
             *extract_args]
     try:
-        extract_mod.main(args)
+        with contextlib.redirect_stdout(sys.stderr):  # stdout is for the results alone (--json)
+            extract_mod.run(args)  # failures are counted by the caller
     except SystemExit as error:  # run-level problems (weights, folders) stop extract.py with a message
         if error.code not in (None, 0, 1):
             raise RetrievalError(str(error.code)) from None
@@ -103,7 +106,7 @@ def build_index(library, checkpoint, index_path, extract_args=(), batch_size=256
                      seg_track=lib["owner"].astype(np.int32), seg_start=lib["start"].astype(np.int32),
                      seg_end=lib["end"].astype(np.int32), seg_emb=lib["seg"].numpy().astype(np.float32),
                      meta=np.array(json.dumps(meta)), track_file=np.array(track_files))
-    print(f"{index_path}: {len(ids)} tracks, {len(lib['owner'])} segments, {e}-d")
+    print(f"{index_path}: {len(ids)} tracks, {len(lib['owner'])} segments, {e}-d", file=sys.stderr)
     return failed
 
 
@@ -131,6 +134,7 @@ def query_items(paths, ckpt, flow_ranks=None, segments_from="ranks", extract_arg
     max_seconds = run_args.get("max_seconds")
     started = time.perf_counter()
     table = read_ranks_csv(flow_ranks) if flow_ranks else {}
+    paths = video_queries(paths)
     media = [Path(p) for p in paths if Path(p).suffix != ".npy"]
     extracted = {}
     if media:
@@ -230,6 +234,7 @@ def main(argv=None):
     extract_args = ["--weights", args.weights, *shlex.split(args.extract_args)]
     try:
         failed = 0
+        check_queries(args.query)
         if args.build_index:
             if not args.library:
                 p.error("--build_index needs --library")

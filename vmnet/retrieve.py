@@ -26,7 +26,8 @@ import numpy as np
 import torch
 
 from feature_extraction.atomic import atomic_path
-from vmnet.metrics import normalize_rows
+from feature_extraction.cli import HelpFormatter
+from vmr.metrics import normalize_rows
 from vmnet.model import embed_rows, model_from_checkpoint
 from vmnet.test import sha256_file
 
@@ -38,6 +39,7 @@ EXTRACT_ARGS = {
     "i3d_rgb": ("i3d", []), "i3d_flow": ("i3d", []), "i3d": ("i3d", ["--i3d_concat"]),
 }
 LIBRARY_SUFFIXES = {".mp3", ".m4a", ".wav", ".flac", ".ogg", ".opus", ".aac", ".webm", ".mp4", ".mkv", ".mov", ".avi"}
+AUDIO_ONLY_SUFFIXES = {".mp3", ".m4a", ".wav", ".flac", ".ogg", ".opus", ".aac"}
 
 
 class RetrievalError(Exception):
@@ -53,10 +55,11 @@ def extract(paths, folders, work_dir, extract_args):
         raise RetrievalError(f"do not know how to extract feature folder {unknown[0]!r}; pass precomputed .npy files")
     tokens = dict.fromkeys(EXTRACT_ARGS[f][0] for f in folders)
     flags = [flag for f in folders for flag in EXTRACT_ARGS[f][1]]
-    args = ["--videos", *map(str, paths), "--out", str(work_dir), "--features", *tokens, *flags, *extract_args]
+    # `--flag=value` forms: a file name such as "-x8Yq.mp4" is never read as a flag
+    args = [*(f"--videos={p}" for p in paths), f"--out={work_dir}", "--features", *tokens, *flags, *extract_args]
     try:
         with contextlib.redirect_stdout(sys.stderr):  # keep stdout for the results (--json)
-            extract_mod.main(args)  # prints `path: reason` for failures and goes on
+            extract_mod.run(args)  # prints `path: reason` for failures and goes on; the caller counts them
     except SystemExit as e:  # extract.py stops with a message for run-level problems (weights, folders)
         if e.code not in (None, 0, 1):
             raise RetrievalError(str(e.code)) from None
@@ -70,10 +73,27 @@ def list_library(library):
     """Feature files (.npy) and media files of a folder or a list file (one path per line)."""
     library = Path(library)
     if library.is_dir():
-        paths = sorted(p for p in library.iterdir() if not p.name.startswith((".", "_")))
+        paths = sorted(p for p in library.iterdir() if not p.name.startswith("."))  # ids may start with "_"
     else:
         paths = [Path(line.strip()) for line in library.read_text(encoding="utf-8").splitlines() if line.strip()]
     return [p for p in paths if p.suffix == ".npy"], [p for p in paths if p.suffix.lower() in LIBRARY_SUFFIXES]
+
+
+def check_queries(queries):
+    """Refuse a folder given as --query before anything is extracted."""
+    for query in queries or []:
+        if Path(query).is_dir():
+            raise RetrievalError(f"--query {query}: a folder; give its video files (e.g. --query {query}/*.mp4) "
+                                 "or video feature files (.npy)")
+
+
+def video_queries(paths):
+    """The queries that can be videos; each audio file is reported (music belongs in the library) and left out."""
+    for p in paths:
+        if Path(p).suffix.lower() in AUDIO_ONLY_SUFFIXES:
+            print(f"{p}: an audio file; a query is a video, and music goes into the library "
+                  "(--build_index --library FOLDER)", file=sys.stderr)
+    return [p for p in paths if Path(p).suffix.lower() not in AUDIO_ONLY_SUFFIXES]
 
 
 def load_checkpoint(path):
@@ -176,6 +196,7 @@ def query_features(paths, ckpt, extract_args=()):
     folders = ((ckpt.get("features") or {}).get("video") or "clip").split("+")
     max_seconds = ckpt["args"].get("max_seconds")
     out, t0 = {}, time.perf_counter()
+    paths = video_queries(paths)
     media = [Path(p) for p in paths if Path(p).suffix != ".npy"]
     for p in paths:
         if Path(p).suffix == ".npy":
@@ -198,14 +219,15 @@ def query_features(paths, ckpt, extract_args=()):
 
 
 def main(argv=None):
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
     p.add_argument("--checkpoint", required=True, help="best.pt written by vmnet/train.py")
     p.add_argument("--index", default="INDEX.npz", help="index file to write (--build_index) or to search")
     p.add_argument("--build_index", action="store_true", help="embed the --library tracks and write --index")
     p.add_argument("--library", help="folder or list file of music feature files (.npy, (T, 128)) or music/video files (extracted)")
     p.add_argument("--query", nargs="+", help="video files (features extracted first) or video feature files (.npy)")
     p.add_argument("--top_k", type=int, default=5, help="tracks to return per query")
-    p.add_argument("--faiss", choices=("flat", "ivf", "hnsw"), help="search with a FAISS index instead of exact numpy search")
+    p.add_argument("--faiss", choices=("flat", "ivf", "hnsw"),
+                   help="search with a FAISS index instead of exact numpy search (default: exact search)")
     p.add_argument("--nprobe", type=int, default=8, help="--faiss ivf: clusters visited per query (more: slower, closer to exact)")
     p.add_argument("--ef_search", type=int, default=64, help="--faiss hnsw: search breadth (more: slower, closer to exact)")
     p.add_argument("--json", action="store_true", help="print JSON (results with extraction and search seconds) instead of a table")
@@ -215,6 +237,7 @@ def main(argv=None):
     args = p.parse_args(argv)
     extract_args = ["--weights", args.weights, *shlex.split(args.extract_args)]
     try:
+        check_queries(args.query)
         if args.build_index:
             if not args.library:
                 p.error("--build_index needs --library")
