@@ -38,7 +38,7 @@ test: setup sysdeps
 	$(PY) -m pytest --durations=15 $(PYTEST_ARGS)
 
 demo: setup
-	$(PY) -m vmnet.demo $(ARGS)
+	$(PY) -m vmr.demo $(ARGS)
 
 features: setup
 	$(PY) feature_extraction/extract.py --videos $(VIDEOS) --out $(OUT) --features $(FEATURES) --device $(DEVICE) $(ARGS)

@@ -4,8 +4,8 @@ Video: every frame at the native frame rate and resolution, grayscale, Farneback
 frames, mean magnitude per frame (the first value duplicated); peaks are local maxima
 a[i-1] < a[i] > a[i+1] with a[i] >= 0.1, at i / fps. Audio: librosa.onset.onset_detect with its
 defaults on mono audio at 22,050 Hz, in seconds. Stored so that evaluation needs no raw media:
-av_peaks/video/<id>.npy and av_peaks/audio/<id>.npy (float64 seconds), av_peaks/video/<id>.json {"fps"}.
-The metric itself is vmnet.metrics.av_align.
+av_peaks/video/<id>.npy and av_peaks/audio/<id>.npy (float64 seconds), av_peaks/video/<id>.json {"fps", "duration"}.
+The metric itself is vmr.metrics.av_align.
 """
 import numpy as np
 
@@ -78,5 +78,5 @@ class AVPeaksExtractor(Extractor):
             raise InputError("avpeaks: no audio")
         video = motion_peaks(self.values[:1] + self.values, self.fps)
         audio = onset_times(np.concatenate(self.audio))
-        return {f"av_peaks/video/{self.vid}.npy": video, f"av_peaks/video/{self.vid}.json": {"fps": self.fps},
+        return {f"av_peaks/video/{self.vid}.npy": video, f"av_peaks/video/{self.vid}.json": {"fps": self.fps, "duration": (len(self.values) + 1) / self.fps},
                 f"av_peaks/audio/{self.vid}.npy": audio}

@@ -181,7 +181,7 @@ def test_motion_seconds_give_segments_ranks_and_peaks(make_clip, tmp_path):
     audio = np.load(out / "av_peaks" / "audio" / f"{vid}.npy")
     assert video.dtype == audio.dtype == np.float64 and audio.ndim == 1
     assert len(video) > 10 and video.min() >= 8.0 and video.max() <= 16.1  # peaks only while the square moves
-    assert json.loads((out / "av_peaks" / "video" / f"{vid}.json").read_text()) == {"fps": 25.0}
+    assert json.loads((out / "av_peaks" / "video" / f"{vid}.json").read_text()) == {"fps": 25.0, "duration": 24.0}  # 600 frames
 
 
 def test_standalone_cli_bad_input_and_single_segment(make_clip, tmp_path, capsys):

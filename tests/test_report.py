@@ -1,4 +1,4 @@
-"""vmnet/report.py: a self-contained page from schema-correct run folders, checked as text and in Chromium."""
+"""vmr/report.py: a self-contained page from schema-correct run folders, checked as text and in Chromium."""
 import base64
 import json
 import re
@@ -6,7 +6,7 @@ import shutil
 
 import pytest
 
-from vmnet import report
+from vmr import report
 
 KS = (1, 5, 10, 20, 25, 50, 100)
 IDS = ["clipA", "clipB", "clipC"]
@@ -32,9 +32,12 @@ def write_run(run_dir, model, ranks, segments):
         "features": {"video": "clip", "audio": "vggish"}, "test_csv": "test.csv", "seed": 0, "gallery": n,
         "video_to_music": block, "music_to_video": recall(ranks[::-1], n),
         "batch1024": {k: v for k, v in block.items() if k != "ranks"},
-        "baselines": {"chance": chance(n), "cca": {"video_to_music": recall([2, 3, 1], n), "music_to_video": recall([3, 1, 2], n)}},
-        "segment": {"video_to_music": recall([1, 4, 2, 7], 9), "music_to_video": recall([2, 2, 5, 1], 9)} if segments else None,
-        "fad": {"fad": 1.234, "n_queries": n}, "av_align": {"retrieved": 0.21, "ground_truth": 0.35},
+        "provenance": {"video": {"model": "clip", "weights": "random"}, "audio": {"model": "vggish", "weights": "official"}},
+        "baselines": {"chance": chance(n), "cca": {"video_to_music": recall([2, 3, 1], n), "music_to_video": recall([3, 1, 2], n)},
+                      "aligned_linear": {"video_to_music": recall([1, 3, 2], n), "music_to_video": recall([2, 1, 3], n)}},
+        "segment": None,
+        "fad": {"top1": 1.234, "chance": {"mean": 2.5, "std": 0.25, "seeds": 5}, "n_queries": n},
+        "av_align": {"retrieved": 0.21, "ground_truth": 0.35},
     }
     queries = []
     for i, vid in enumerate(IDS):
@@ -81,11 +84,13 @@ def test_report_is_self_contained_with_tables_and_images(runs, capsys):
     assert "http" not in page.lower()
     assert not re.search(r"""(src|href)=["'](?!data:)""", page), "every resource must be inline"
     assert page.count('<table id="metrics">') == 1
-    # each model beside its chance and CCA rows, both directions, plus the Transformer's segment level
-    assert page.count('class="baseline"><td>  chance') == 4 and page.count("CCA, video → music") == 2
-    assert "Transformer segment level, video → music" in page
+    # each model beside its chance and both tuned baselines, both directions
+    assert page.count('class="baseline"><td>  chance') == 4 and page.count("tuned CCA (mean-pooled), video → music") == 2
+    assert page.count("aligned linear (per second), music → video") == 2
     assert "<td>33.3</td>" in page and "<td>66.7</td>" in page  # R@1 of ranks [1, 2, 3] and [1, 1, 2]
-    assert "FAD and AV-Align" in page and "1.2340" in page
+    assert "FAD and AV-Align" in page and "1.2340" in page and "fad.chance.mean" in page and "2.5000" in page
+    # features from random weights: a banner at the top and on every section built from them
+    assert page.count("video features were computed with RANDOM weights") == 2 * 4
     sources = re.findall(r'<img src="([^"]*)"', page)
     # recall curves, training curves, 2 middle frames (clipC has no video), 3 Transformer timelines
     assert len(sources) == 1 + 1 + 2 + 3

@@ -179,38 +179,68 @@ def small_data(root, n=48, seed=1):
     data.write_ids(Path(root) / "test.csv", ids[40:])
 
 
-def test_resume_equals_uninterrupted_and_checkpoints_load_weights_only(tmp_path):
+def test_resume_after_a_kill_equals_uninterrupted_and_checkpoints_load_weights_only(tmp_path, monkeypatch):
     small_data(tmp_path)
-    common = ("--batch_size", "16", "--lr_decay_steps", "3")
-    train.train(train_args(tmp_path, tmp_path / "full", "--epochs", "4", *common))
-    train.train(train_args(tmp_path, tmp_path / "part", "--epochs", "2", *common))
-    train.train(train_args(tmp_path, tmp_path / "part", "--epochs", "4", "--resume", *common))
+    common = ("--epochs", "3", "--batch_size", "16", "--lr_decay_steps", "3", "--lr", "1e-3", "3e-4", "--patience", "0")
+    train.train(train_args(tmp_path, tmp_path / "full", *common))
+    saved, real = [], train.save_checkpoint
+
+    def killed_after_four_epochs(path, state):
+        real(path, state)
+        if Path(path).name == "last.pt":
+            saved.append(state["epoch"])
+            if len(saved) == 4:  # the second learning rate's first epoch is on disk
+                raise KeyboardInterrupt
+
+    monkeypatch.setattr(train, "save_checkpoint", killed_after_four_epochs)
+    with pytest.raises(KeyboardInterrupt):
+        train.train(train_args(tmp_path, tmp_path / "part", *common))
+    monkeypatch.undo()
+    with pytest.raises(ValueError, match=r"cannot resume with different settings .*--lr \[0.001, 0.0003\] -> \[0.001\]"):
+        train.train(train_args(tmp_path, tmp_path / "part", "--resume", *common[:-5], "--lr", "1e-3", "--patience", "0"))
+    train.train(train_args(tmp_path, tmp_path / "part", "--resume", *common))
     full = torch.load(tmp_path / "full" / "last.pt", weights_only=True)
     part = torch.load(tmp_path / "part" / "last.pt", weights_only=True)
-    assert full["epoch"] == part["epoch"] == 4 and full["step"] == 8
+    assert full["lr_index"] == part["lr_index"] == 1 and full["epoch"] == part["epoch"] == 3 and full["step"] == 6
     for key, value in full["model"].items():
         assert torch.equal(value, part["model"][key]), key
     strip = lambda h: [{k: v for k, v in row.items() if k != "seconds"} for row in h]
-    assert strip(full["history"]) == strip(part["history"])
-    assert full["history"][-1]["lr"] == pytest.approx(3e-4 * 0.96 ** 2)  # staircase: step 7 // 3 = 2
+    assert strip(full["history"]) == strip(part["history"]) and len(full["history"]) == 6
+    assert full["history"][-1]["lr"] == pytest.approx(3e-4 * 0.96 ** 1)  # staircase: step 5 // 3 = 1
     log = (tmp_path / "part" / "train_log.csv").read_text().splitlines()
-    assert log[0].startswith("epoch,train_loss,val_R@1,val_R@10,val_MedR,seconds") and len(log) == 5
+    assert log[0].startswith("epoch,lr_index,train_loss,val_R@1,val_R@10,val_MedR,seconds") and len(log) == 7
     assert (tmp_path / "part" / "train_log.png").read_bytes()[:4] == b"\x89PNG"
     best = torch.load(tmp_path / "full" / "best.pt", weights_only=True)
-    assert best["epoch"] == best["best"]["epoch"] and len(best["val_ids"]) == 4
+    assert best["epoch"] == best["best"]["epoch"] and best["best"]["lr"] in (1e-3, 3e-4) and len(best["val_ids"]) == 4
+    assert best["train_ids"] and not set(best["train_ids"]) & set(best["val_ids"])
+    assert best["model"]["video_std"].shape == (6,) and not torch.equal(best["model"]["video_std"], torch.ones(6))
 
 
 def test_nan_loss_stops_and_keeps_last_good_checkpoint(tmp_path, capsys):
     small_data(tmp_path)
     args = ["--train_data_dir", str(tmp_path), "--train_csv_path", str(tmp_path / "train.csv"),
-            "--save_dir", str(tmp_path / "run"), "--threads", "1", "--batch_size", "16"]
-    assert train.main(args + ["--epochs", "1"]) == 0
-    before = (tmp_path / "run" / "last.pt").read_bytes()
-    assert train.main(args + ["--epochs", "3", "--resume", "--lr", "1e30"]) == 1
+            "--save_dir", str(tmp_path / "run"), "--threads", "1", "--batch_size", "64", "--epochs", "3", "--lr", "1e30"]
+    args += ["--val_fraction", "0"]  # without validation the loss itself must catch it
+    assert train.main(args) == 1  # one batch per epoch: epoch 1 is finite, its update blows the weights up
     err = capsys.readouterr().err
     assert "loss is nan" in err.lower() or "loss is inf" in err.lower()
-    assert "last good checkpoint" in err
-    assert (tmp_path / "run" / "last.pt").read_bytes() == before
+    assert "last good checkpoint" in err and "(epoch 1)" in err
+    assert torch.load(tmp_path / "run" / "last.pt", weights_only=True)["epoch"] == 1
+    assert train.main(args[:-2] + ["--overwrite"]) == 1  # with validation, the exploded embeddings stop it after epoch 1
+    err = capsys.readouterr().err
+    assert "VM-NET: validation video embeddings:" in err and "non-finite values" in err and "no checkpoint" in err
+
+
+def test_training_into_a_used_folder_needs_overwrite(tmp_path, capsys):
+    small_data(tmp_path)
+    args = ["--train_data_dir", str(tmp_path), "--train_csv_path", str(tmp_path / "train.csv"), "--save_dir", str(tmp_path / "run"),
+            "--threads", "1", "--epochs", "1", "--lr", "1e-3"]
+    assert train.main(args) == 0
+    (tmp_path / "run" / "metrics.json").write_text("{}")
+    assert train.main(args) == 1
+    assert "holds results of another run" in capsys.readouterr().err
+    assert train.main(args + ["--overwrite"]) == 0
+    assert not (tmp_path / "run" / "metrics.json").exists()
 
 
 # ---- CLI chain --------------------------------------------------------------------------------
@@ -261,14 +291,18 @@ def test_cli_prepare_train_test_retrieve(tmp_path):
     run("vmnet/test.py", "--checkpoint", run_dir / "best.pt", "--test_data_dir", data_dir, "--test_csv_path",
         data_dir / "test.csv", "--out", metrics_path, "--groups", data_dir / "groups.csv", "--fad_dir", feats / "vggish")
     m = json.loads(metrics_path.read_text())
-    assert set(m) == {"model", "checkpoint", "checkpoint_sha256", "features", "test_csv", "seed", "gallery", "video_to_music",
-                      "music_to_video", "batch1024", "baselines", "segment", "fad", "av_align"}
+    assert set(m) == {"model", "checkpoint", "checkpoint_sha256", "features", "provenance", "test_csv", "seed", "gallery",
+                      "video_to_music", "music_to_video", "batch1024", "baselines", "segment", "fad", "av_align"}
+    assert m["provenance"]["audio"] == {"model": "vggish"}
     assert m["features"] == {"video": "clip+resnet101", "audio": "vggish"} and m["gallery"] == 9 and m["segment"] is None
     keys = {"R@1", "R@5", "R@10", "R@20", "R@25", "R@50", "R@100", "MedR", "MeanR"}
     assert set(m["video_to_music"]) == keys | {"ranks"} and len(m["music_to_video"]["ranks"]) == 9
     assert set(m["batch1024"]["video_to_music"]) == keys and "batch-level" in m["batch1024"]["label"]
-    assert set(m["baselines"]["chance"]) == keys and set(m["baselines"]["cca"]) == {"video_to_music", "music_to_video"}
-    assert m["fad"]["top1"] >= 0 and m["fad"]["ground_truth"] == 0.0 and m["av_align"] is None
+    assert set(m["baselines"]["chance"]) == keys
+    for name in ("cca", "aligned_linear"):
+        assert set(m["baselines"][name]["video_to_music"]) == keys and m["baselines"][name]["chosen_on"].startswith("validation")
+        assert m["baselines"][name]["dims"] >= 1 and m["baselines"][name]["ridge"] > 0
+    assert m["fad"]["top1"] >= 0 and m["fad"]["ground_truth"] == 0.0 and m["fad"]["chance"]["seeds"] == 5 and m["av_align"] is None
     assert all(0 <= m["video_to_music"][f"R@{k}"] <= 1 for k in (1, 5, 10))
     retrieval = json.loads((tmp_path / "eval" / "retrieval.json").read_text())
     assert retrieval["model"] == "VM-NET" and len(retrieval["queries"]) == 9

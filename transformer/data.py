@@ -1,14 +1,11 @@
-"""Motion segments for the segment Transformer.
+"""Items for the segment Transformer: per-second rows of a video and its music, each with its own segments.
 
-An item is one video with its music: per-second video and audio rows [0, min(T_video, T_audio))
-(read by vmnet.data.load_pair, so both models see the same rows) cut at the boundaries of its
-optical-flow segments. Boundaries come from flowProcessor's ranks.csv, or, with
-`--segments_from features`, from the features themselves (distance between consecutive rows,
-moving average 10, the same Dynp at 1 Hz), which is also how library tracks without video are cut.
-
-Segments longer than `max_seq_len` seconds are split into near-equal parts that inherit the
-parent's rank; the flow-rank triplets use the first part of the rank-1 ("top") and of the
-last-rank ("bottom") parent.
+An item's rows are [0, T) with T = min(T_video, T_audio) (read by vmnet.data.load_pair, so both models
+see the same rows), cut at most at the last flow boundary. Video parts come from its optical-flow
+segments (flowProcessor's ranks.csv, or with `--segments_from features` from the video features' own
+change points). Music parts come from the music alone (vmr.segments.music_segments), never from the
+paired video: a gallery track is cut exactly as a library track without video would be. Segments longer
+than max_seq_len seconds are split into near-equal parts.
 """
 import sys
 from dataclasses import dataclass
@@ -17,8 +14,9 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from feature_extraction.flowProcessor import feature_trajectory, rank_segments, read_ranks_csv, segment_signal
+from feature_extraction.flowProcessor import feature_trajectory, rank_segments, read_ranks_csv
 from vmnet.data import bad_id_reason, check_overlap, load_pair, read_ids
+from vmr.segments import MIN_SECONDS, N_BKPS, change_points, music_segments
 
 
 @dataclass
@@ -26,74 +24,62 @@ class Item:
     id: str
     video: np.ndarray  # (T, Dv) float32
     audio: np.ndarray  # (T, Da) float32, same T
-    starts: np.ndarray  # (S,) int64 seconds, segment s covers rows [starts[s], ends[s])
-    ends: np.ndarray
-    ranks: np.ndarray  # (S,) rank of the parent segment (1 = most motion)
-    top: int  # first part of the rank-1 parent
-    bottom: int  # first part of the last-rank parent
-    n_parents: int  # segments before splitting; triplets need >= 2
+    video_parts: np.ndarray  # (S, 2) [start, end) seconds, flow segments split to <= max_seq_len
+    music_parts: np.ndarray  # (M, 2) music segments (from the music alone) split to <= max_seq_len
+    top: tuple  # [start, end) of the rank-1 (most motion) flow segment
+    bottom: tuple  # [start, end) of the last-rank flow segment
+    n_segments: int  # flow segments; flow-rank triplets need >= 2
 
 
-def split_segments(boundaries, ranks, max_seq_len, n_rows):
-    """Boundaries (seconds, with 0 and the end) and parent ranks -> parts of at most max_seq_len rows.
-
-    Boundaries are clipped to the n_rows available; parents left empty are dropped.
-    Returns starts, ends, ranks (inherited), parent index (into the kept parents) per part.
-    """
-    starts, ends, part_ranks, parents = [], [], [], []
-    kept = 0
-    for s, e, r in zip(boundaries[:-1], boundaries[1:], ranks):
+def split_parts(boundaries, max_seq_len, n_rows):
+    """Boundaries (seconds, with 0 and the end) -> (P, 2) [start, end) parts of at most max_seq_len rows,
+    clipped to n_rows; empty segments are dropped."""
+    parts = []
+    for s, e in zip(boundaries[:-1], boundaries[1:]):
         s, e = int(min(s, n_rows)), int(min(e, n_rows))
         if e <= s:
             continue
-        n_parts = -(-(e - s) // max_seq_len)
-        cuts = np.linspace(s, e, n_parts + 1).round().astype(int)
-        for a, b in zip(cuts[:-1], cuts[1:]):
-            starts.append(a)
-            ends.append(b)
-            part_ranks.append(int(r))
-            parents.append(kept)
-        kept += 1
-    return np.array(starts, np.int64), np.array(ends, np.int64), np.array(part_ranks, np.int64), np.array(parents, np.int64)
+        cuts = np.linspace(s, e, -(-(e - s) // max_seq_len) + 1).round().astype(int)
+        parts += list(zip(cuts[:-1], cuts[1:]))
+    return np.array(parts, np.int64).reshape(-1, 2)
 
 
-def feature_segments(features, n_bkps=7, min_seconds=10):
-    """Boundaries (seconds) and ranks of a (T, D) per-second feature array, cut where the features change."""
-    trajectory = feature_trajectory(features, smooth=10)
-    boundaries, _ = segment_signal(trajectory, rate=1, n_bkps=n_bkps, min_seconds=min_seconds, jump_samples=1)
+def video_segments(video, n_bkps=N_BKPS, min_seconds=MIN_SECONDS):
+    """Boundaries and ranks of a video without a ranks.csv row, cut where its features change."""
+    trajectory = feature_trajectory(video, smooth=10)
+    boundaries = change_points(trajectory, n_bkps, min_seconds)
     ranks, _ = rank_segments(trajectory, 1, boundaries)
-    return list(boundaries), list(ranks)
+    return boundaries, ranks
 
 
-def make_item(vid, video, audio, boundaries, ranks, max_seq_len):
-    """An Item over rows [0, min(T_video, T_audio)); raises ValueError when no segment is left."""
-    n_rows = min(len(video), len(audio))
-    starts, ends, part_ranks, parents = split_segments(boundaries, ranks, max_seq_len, n_rows)
-    if len(starts) == 0:
+def make_item(vid, video, audio, boundaries, ranks, max_seq_len, n_bkps=N_BKPS, min_seconds=MIN_SECONDS):
+    """An Item over rows [0, min(T_video, T_audio, last boundary)); raises ValueError when nothing is left."""
+    n_rows = min(len(video), len(audio), int(boundaries[-1]))
+    if n_rows < 1:
         raise ValueError("no segment covers the feature rows")
-    first_part = {}
-    for index, parent in enumerate(parents):
-        first_part.setdefault(int(parent), index)
-    parent_rank = {int(p): int(r) for p, r in zip(parents, part_ranks)}
-    top_parent = min(parent_rank, key=lambda p: (parent_rank[p], p))
-    bottom_parent = max(parent_rank, key=lambda p: (parent_rank[p], -p))
-    return Item(vid, video[:n_rows], audio[:n_rows], starts, ends, part_ranks,
-                first_part[top_parent], first_part[bottom_parent], len(parent_rank))
+    kept = [(int(s), min(int(e), n_rows), int(r)) for s, e, r in zip(boundaries[:-1], boundaries[1:], ranks) if s < n_rows]
+    top = min(kept, key=lambda k: k[2])
+    bottom = max(kept, key=lambda k: k[2])
+    audio = audio[:n_rows]
+    return Item(vid, video[:n_rows], audio, split_parts(boundaries, max_seq_len, n_rows),
+                split_parts(music_segments(audio, n_bkps, min_seconds), max_seq_len, n_rows),
+                top[:2], bottom[:2], len(kept))
 
 
 def load_items(data_dir, ids, flow_ranks=None, segments_from="ranks", max_seq_len=200, max_seconds=None,
-               n_bkps=7, min_seconds=10):
+               n_bkps=N_BKPS, min_seconds=MIN_SECONDS, dims=None):
     """Items for `ids`; bad or unsegmentable ids print `id: reason` and are skipped.
 
     segments_from: "ranks" (ids missing from ranks.csv are skipped) or "features"
     (ids missing from ranks.csv, or all ids without a ranks.csv, are cut from their video features).
+    dims = (Dv, Da) to enforce (a checkpoint's), else the first good item's.
     """
     if segments_from not in ("ranks", "features"):
         raise ValueError(f"segments_from must be 'ranks' or 'features', not {segments_from!r}")
     if flow_ranks is None and segments_from == "ranks":
         raise ValueError("--flow_ranks is required unless --segments_from features")
     table = read_ranks_csv(flow_ranks) if flow_ranks is not None else {}
-    items, dims = [], None
+    items = []
     for vid in tqdm(ids, desc=f"loading {data_dir}", unit="id", leave=False):
         if bad_id_reason(vid):
             print(f"{vid}: {bad_id_reason(vid)}", file=sys.stderr)
@@ -107,11 +93,8 @@ def load_items(data_dir, ids, flow_ranks=None, segments_from="ranks", max_seq_le
         video, audio = pair
         dims = (video.shape[1], audio.shape[1])
         try:
-            if vid in table:
-                boundaries, ranks = table[vid]["segments"], table[vid]["ranks"]
-            else:
-                boundaries, ranks = feature_segments(video, n_bkps, min_seconds)
-            items.append(make_item(vid, video, audio, boundaries, ranks, max_seq_len))
+            boundaries, ranks = (table[vid]["segments"], table[vid]["ranks"]) if vid in table else video_segments(video, n_bkps, min_seconds)
+            items.append(make_item(vid, video, audio, boundaries, ranks, max_seq_len, n_bkps, min_seconds))
         except ValueError as error:
             print(f"{vid}: {error}", file=sys.stderr)
     if not items:
@@ -127,42 +110,70 @@ def training_ids(train_csv, test_csv=None):
     return train_ids
 
 
-def cut_segments(sources, owners, starts, ends):
-    """Rows [starts[k], ends[k]) of sources[owners[k]] -> (S, L, D) float tensor zero-padded, (S, L) bool True = padding.
+@dataclass
+class Parts:
+    """Parts of several tracks of one modality, padded together, with where each lands on its track's time axis."""
+    x: torch.Tensor  # (P, L, D)
+    pad: torch.Tensor  # (P, L) True = padding
+    owner: torch.Tensor  # (P,) track index
+    start: torch.Tensor  # (P,) first second of the part
 
-    A segment running past its source's end keeps the rows that exist; callers drop empty ones.
+
+def cut_parts(sources, parts_of, bucket_positions=4096):
+    """sources: list of (T, D) arrays; parts_of: list of (P_i, 2) [start, end) -> list of Parts.
+
+    Parts are sorted by length and grouped so that each group, padded to its own longest part, holds
+    about bucket_positions positions: padding stays a small share of the work.
     """
-    lengths = [max(0, min(int(e), len(sources[o])) - int(s)) for o, s, e in zip(owners, starts, ends)]
-    width = max(lengths) if lengths else 0
-    dim = sources[0].shape[1]
-    out = np.zeros((len(lengths), max(width, 1), dim), np.float32)
-    pad = np.ones((len(lengths), max(width, 1)), bool)
-    for k, (o, s, n) in enumerate(zip(owners, starts, lengths)):
-        out[k, :n] = sources[o][int(s): int(s) + n]
-        pad[k, :n] = False
-    return torch.from_numpy(out), torch.from_numpy(pad)
+    owner = np.concatenate([np.full(len(p), i) for i, p in enumerate(parts_of)])
+    parts = np.concatenate(parts_of)
+    lengths = parts[:, 1] - parts[:, 0]
+    order = np.argsort(-lengths, kind="stable")
+    buckets, first = [], 0
+    while first < len(order):
+        size = max(1, bucket_positions // int(lengths[order[first]]))
+        chosen = order[first:first + size]
+        first += size
+        x = np.zeros((len(chosen), lengths[chosen[0]], sources[0].shape[1]), np.float32)
+        pad = np.ones(x.shape[:2], bool)
+        for k, j in enumerate(chosen):
+            s, e = parts[j]
+            x[k, :e - s] = sources[owner[j]][s:e]
+            pad[k, :e - s] = False
+        buckets.append(Parts(torch.from_numpy(x), torch.from_numpy(pad), torch.from_numpy(owner[chosen]),
+                             torch.from_numpy(parts[chosen, 0])))
+    return buckets
+
+
+def encode_timeline(encoder, buckets, n_tracks, length, device="cpu"):
+    """Encode every bucket of parts and lay the per-position outputs on the tracks' time axes:
+    (n_tracks, length, E), zero where a track has no second."""
+    values, targets = [], []
+    for parts in buckets:
+        out = encoder(parts.x.to(device), parts.pad.to(device)).cpu()
+        valid = ~parts.pad
+        position = parts.start.unsqueeze(1) + torch.arange(out.shape[1]).unsqueeze(0)
+        targets.append((parts.owner.unsqueeze(1) * length + position)[valid])
+        values.append(out[valid])
+    values = torch.cat(values)
+    flat = values.new_zeros(n_tracks * length, values.shape[1]).index_copy(0, torch.cat(targets), values)
+    return flat.view(n_tracks, length, values.shape[1])
 
 
 @dataclass
 class Batch:
-    video: torch.Tensor  # (S, L, Dv)
-    audio: torch.Tensor  # (S, L, Da)
-    pad: torch.Tensor  # (S, L) True = padding, the same for both modalities
-    owner: torch.Tensor  # (S,) item index within the batch
-    top: torch.Tensor  # (B,) global segment index of each item's top part
-    bottom: torch.Tensor  # (B,)
-    n_parents: torch.Tensor  # (B,)
+    video: list  # of Parts
+    audio: list
+    lengths: torch.Tensor  # (B,) seconds of each item
+    top: torch.Tensor  # (B, 2) [start, end) of each item's rank-1 flow segment
+    bottom: torch.Tensor  # (B, 2)
+    n_segments: torch.Tensor  # (B,)
 
 
 def collate(items):
-    """All segments of the items, padded to the longest; both modalities share one mask."""
-    owners = np.concatenate([np.full(len(it.starts), i) for i, it in enumerate(items)])
-    starts = np.concatenate([it.starts for it in items])
-    ends = np.concatenate([it.ends for it in items])
-    video, pad = cut_segments([it.video for it in items], owners, starts, ends)
-    audio, _ = cut_segments([it.audio for it in items], owners, starts, ends)
-    offsets = np.concatenate([[0], np.cumsum([len(it.starts) for it in items])[:-1]])
-    return Batch(video, audio, pad, torch.from_numpy(owners).long(),
-                 torch.tensor([o + it.top for o, it in zip(offsets, items)]),
-                 torch.tensor([o + it.bottom for o, it in zip(offsets, items)]),
-                 torch.tensor([it.n_parents for it in items]))
+    """Video parts and music parts of the items (each padded within its modality)."""
+    return Batch(cut_parts([it.video for it in items], [it.video_parts for it in items]),
+                 cut_parts([it.audio for it in items], [it.music_parts for it in items]),
+                 torch.tensor([len(it.video) for it in items]),
+                 torch.tensor([it.top for it in items]), torch.tensor([it.bottom for it in items]),
+                 torch.tensor([it.n_segments for it in items]))

@@ -10,12 +10,14 @@ with its segments (--flow_ranks ranks.csv, or --segments_from features):
 
     python transformer/retrieve.py --index INDEX.npz --checkpoint runs/transformer/best.pt --query clip.mp4 [--json]
 
-The pooled track embeddings find the top --rerank candidates, the aligned score (each video
-segment against the candidate's music over the same seconds) orders them, and for each query
-segment the library segment with the highest cosine is shown with its start and end seconds.
+Every track is embedded once: its music is cut at its own change points (vmr.segments, stored in the
+index so nothing is segmented twice) and encoded into one vector per second. The pooled track vectors find
+each query's top --rerank candidates; the aligned score (mean cosine of the time-aligned per-second
+vectors, no encoder pass per pair) orders them; and for each query segment the library segment with the
+highest cosine is shown with its start and end seconds.
 
-INDEX.npz is VM-NET's format (ids, track_emb, seg_track, seg_start, seg_end, seg_emb, meta) plus
-track_file (N,) str: where each track's audio feature rows are, read back for the aligned rerank.
+INDEX.npz holds ids, track_emb (N, E) pooled, seq_emb (sum T, E) float16 per-second vectors with
+seq_offsets (N + 1,), the music segments seg_track / seg_start / seg_end with seg_emb, and meta.
 """
 import argparse
 import contextlib
@@ -27,14 +29,18 @@ import time
 from pathlib import Path
 
 import numpy as np
-import torch
 
 from feature_extraction.atomic import atomic_path
-from transformer.data import feature_segments, make_item
+from tqdm import tqdm
+
+from transformer.data import split_parts, video_segments
 from transformer.model import load_model
-from transformer.scoring import aligned_scores, best_segments, embed_library, embed_video_item
+from transformer.scoring import embed_tracks, pair_scores, pool, segment_vectors
 from vmnet.retrieve import EXTRACT_ARGS, RetrievalError, check_queries, list_library, search, video_queries
-from vmnet.test import sha256_file
+from vmr.baselines import pad_sequences
+from vmr.evaluation import sha256_file
+from vmr.runs import check_folder
+from vmr.segments import music_segments
 
 
 def run_extraction(paths, tokens, flags, work_dir, extract_args):
@@ -66,47 +72,51 @@ def load_rows(path, dim, max_seconds):
     return x[:max_seconds].astype(np.float32) if max_seconds else x.astype(np.float32)
 
 
-def build_index(library, checkpoint, index_path, extract_args=(), batch_size=256):
+def build_index(library, checkpoint, index_path, extract_args=(), batch_tracks=64):
     """Segment and embed every library track and write INDEX.npz; returns the number of tracks that failed."""
     model, ckpt = load_model(checkpoint)
-    cfg, run_args = ckpt["config"], ckpt["args"]
+    cfg, run_args = ckpt["config"], ckpt["run_args"]
     audio_folder = (ckpt.get("features") or {}).get("audio") or "vggish"
     npy_files, media = list_library(library)
-    files = {p.stem: p.resolve() for p in npy_files}
+    check_folder(ckpt.get("provenance"), "audio", [p.parent for p in npy_files], "index")
+    files = {p.stem: p for p in npy_files}
     failed = 0
-    if media:  # extracted features are kept beside the index: the aligned rerank reads them back
-        work_dir = Path(index_path).with_name(Path(index_path).stem + "_features")
-        tokens, flags = folder_tokens([audio_folder])
-        run_extraction(media, tokens, flags, work_dir, list(extract_args))
-        for p in media:
-            path = work_dir / audio_folder / f"{p.stem}.npy"
-            if path.is_file():
-                files[p.stem] = path.resolve()
-            else:
+    with tempfile.TemporaryDirectory(prefix="vmr_library_") as tmp:
+        if media:
+            tokens, flags = folder_tokens([audio_folder])
+            run_extraction(media, tokens, flags, Path(tmp), list(extract_args))
+            check_folder(ckpt.get("provenance"), "audio", [Path(tmp) / audio_folder], "index")
+            for p in media:
+                path = Path(tmp) / audio_folder / f"{p.stem}.npy"
+                if path.is_file():
+                    files[p.stem] = path
+                else:
+                    failed += 1
+        ids, tracks = [], []
+        for vid in sorted(files):
+            try:
+                tracks.append(load_rows(files[vid], cfg["audio_dim"], run_args.get("max_seconds")))
+            except (OSError, ValueError) as error:
+                print(f"{files[vid]}: {error}", file=sys.stderr)
                 failed += 1
-    ids, tracks, track_files = [], [], []
-    for vid in sorted(files):
-        try:
-            tracks.append(load_rows(files[vid], cfg["audio_dim"], run_args.get("max_seconds")))
-        except (OSError, ValueError) as error:
-            print(f"{files[vid]}: {error}", file=sys.stderr)
-            failed += 1
-            continue
-        ids.append(vid)
-        track_files.append(str(files[vid]))
+                continue
+            ids.append(vid)
     if not ids:
         raise RetrievalError(f"{library}: no usable music track")
-    lib = embed_library(model, tracks, cfg["max_seq_len"], run_args.get("n_bkps", 7), run_args.get("min_seconds", 10),
-                        batch_size)
-    e = lib["track"].shape[1]
-    meta = {"model": "Transformer", "checkpoint_sha256": sha256_file(checkpoint), "audio_folder": audio_folder, "E": e}
+    parts = [split_parts(music_segments(t, run_args["n_bkps"], run_args["min_seconds"]), cfg["max_seq_len"], len(t)) for t in
+             tqdm(tracks, desc="segmenting tracks", unit="track", leave=False)]
+    seq = embed_tracks(model.audio, tracks, parts, batch_tracks)
+    seg_track = np.concatenate([np.full(len(p), i) for i, p in enumerate(parts)])
+    seg = np.concatenate(parts)
+    meta = {"model": "Transformer", "checkpoint_sha256": sha256_file(checkpoint), "audio_folder": audio_folder,
+            "E": cfg["embed_dim"], "provenance": (ckpt.get("provenance") or {}).get("audio")}
     with atomic_path(index_path) as tmp:
         with open(tmp, "wb") as f:
-            np.savez(f, ids=np.array(ids), track_emb=lib["track"].numpy().astype(np.float32),
-                     seg_track=lib["owner"].astype(np.int32), seg_start=lib["start"].astype(np.int32),
-                     seg_end=lib["end"].astype(np.int32), seg_emb=lib["seg"].numpy().astype(np.float32),
-                     meta=np.array(json.dumps(meta)), track_file=np.array(track_files))
-    print(f"{index_path}: {len(ids)} tracks, {len(lib['owner'])} segments, {e}-d", file=sys.stderr)
+            np.savez(f, ids=np.array(ids), track_emb=pool(seq), seq_emb=np.concatenate(seq).astype(np.float16),
+                     seq_offsets=np.concatenate([[0], np.cumsum([len(x) for x in seq])]),
+                     seg_track=seg_track.astype(np.int32), seg_start=seg[:, 0].astype(np.int32), seg_end=seg[:, 1].astype(np.int32),
+                     seg_emb=np.concatenate([segment_vectors(x, p) for x, p in zip(seq, parts)]), meta=np.array(json.dumps(meta)))
+    print(f"{index_path}: {len(ids)} tracks, {len(seg_track)} segments, {cfg['embed_dim']}-d", file=sys.stderr)
     return failed
 
 
@@ -119,8 +129,8 @@ def load_index(index_path, checkpoint):
     if meta.get("checkpoint_sha256") != sha:
         raise RetrievalError(f"{index_path} was built with checkpoint sha256 {meta.get('checkpoint_sha256', '?')[:12]}..., "
                              f"but {checkpoint} is {sha[:12]}...; rebuild it with --build_index")
-    if "track_file" not in index:
-        raise RetrievalError(f"{index_path} has no track_file array (not built by transformer/retrieve.py)")
+    if "seq_emb" not in index:
+        raise RetrievalError(f"{index_path} has no per-second vectors (not built by this transformer/retrieve.py); rebuild it")
     index["ids"] = [str(i) for i in index["ids"]]
     return index
 
@@ -130,9 +140,10 @@ def query_items(paths, ckpt, flow_ranks=None, segments_from="ranks", extract_arg
     video feature files (segments from --flow_ranks by file stem, or from the features); seconds spent."""
     from feature_extraction.flowProcessor import read_ranks_csv
 
-    cfg, run_args = ckpt["config"], ckpt["args"]
+    cfg, run_args = ckpt["config"], ckpt["run_args"]
     max_seconds = run_args.get("max_seconds")
     started = time.perf_counter()
+    check_folder(ckpt.get("provenance"), "video", [Path(p).parent for p in paths if Path(p).suffix == ".npy"], "query")
     table = read_ranks_csv(flow_ranks) if flow_ranks else {}
     paths = video_queries(paths)
     media = [Path(p) for p in paths if Path(p).suffix != ".npy"]
@@ -162,7 +173,7 @@ def query_items(paths, ckpt, flow_ranks=None, segments_from="ranks", extract_arg
                 if stem in table:
                     boundaries, ranks = table[stem]["segments"], table[stem]["ranks"]
                 elif segments_from == "features":
-                    boundaries, ranks = feature_segments(video, run_args.get("n_bkps", 7), run_args.get("min_seconds", 10))
+                    boundaries, ranks = video_segments(video, run_args["n_bkps"], run_args["min_seconds"])
                 else:
                     raise ValueError("no segments: give --flow_ranks with this id, or --segments_from features")
             else:
@@ -170,29 +181,32 @@ def query_items(paths, ckpt, flow_ranks=None, segments_from="ranks", extract_arg
             if video.ndim != 2 or video.shape[1] != cfg["video_dim"] or len(video) == 0:
                 raise ValueError(f"expected (T, {cfg['video_dim']}) video features for this checkpoint, got shape {video.shape}")
             video = video[:max_seconds].astype(np.float32) if max_seconds else video.astype(np.float32)
-            no_music = np.zeros((len(video), 0), np.float32)
-            items.append((str(p), make_item(Path(p).stem, video, no_music, boundaries, ranks, cfg["max_seq_len"])))
+            items.append((str(p), (video, split_parts(boundaries, cfg["max_seq_len"], len(video)))))
         except (OSError, ValueError) as error:
             print(f"{p}: {error}", file=sys.stderr)
     return items, time.perf_counter() - started
 
 
-def answer(model, index, item, top_k=5, rerank=100, batch_size=256):
+def answer(model, index, query, top_k=5, rerank=100):
     """Top tracks (pooled search of max(top_k, rerank) candidates, ordered by the aligned score) and the
     best library segment for each query segment."""
-    embedded = embed_video_item(model, item)
-    idx, pooled = search(index["track_emb"], embedded["video"].numpy(), max(top_k, rerank))
+    video, parts = query
+    seq = embed_tracks(model.video, [video], [parts])[0]
+    idx, pooled = search(index["track_emb"], pool([seq]), max(top_k, rerank))
     candidates, pooled = idx[0], pooled[0]
-    music = [load_rows(index["track_file"][c], model.config["audio_dim"], None) for c in candidates]
-    pairs = np.stack([np.zeros(len(candidates), np.int64), np.arange(len(candidates))], 1)
-    aligned = aligned_scores(model.audio, embedded["video_seg"], embedded["owner"], embedded["start"], embedded["end"],
-                             music, pairs, batch_size)
+    offsets = index["seq_offsets"]
+    tracks = [index["seq_emb"][offsets[c]:offsets[c + 1]].astype(np.float32) for c in candidates]
+    q, q_len = pad_sequences([seq])
+    g, g_len = pad_sequences(tracks)
+    aligned = pair_scores(q, q_len, g, g_len, np.zeros(len(tracks), int), np.arange(len(tracks)))
     order = np.argsort(-aligned, kind="stable")[:top_k]
     top = [{"id": index["ids"][candidates[j]], "score": float(aligned[j]), "pooled": float(pooled[j])} for j in order]
-    seg_index, seg_score = best_segments(embedded["video_seg"], torch.from_numpy(index["seg_emb"]))
+    query_segments = segment_vectors(seq, parts)
+    sims = query_segments @ index["seg_emb"].T
+    best = sims.argmax(1)
     segments = [{"start": int(s), "end": int(e), "track": index["ids"][index["seg_track"][j]],
-                 "track_start": int(index["seg_start"][j]), "track_end": int(index["seg_end"][j]), "score": float(c)}
-                for s, e, j, c in zip(embedded["start"], embedded["end"], seg_index, seg_score)]
+                 "track_start": int(index["seg_start"][j]), "track_end": int(index["seg_end"][j]), "score": float(sims[k, j])}
+                for k, ((s, e), j) in enumerate(zip(parts, best))]
     return top, segments
 
 
@@ -212,8 +226,7 @@ def build_parser():
     p.add_argument("--checkpoint", required=True, help="best.pt written by transformer/train.py")
     p.add_argument("--index", default="INDEX.npz", help="index file to write (--build_index) or to search")
     p.add_argument("--build_index", action="store_true", help="segment and embed the --library tracks and write --index")
-    p.add_argument("--library", help="folder or list file of music feature files (.npy, (T, 128)) or music/video files (extracted, "
-                                     "kept in INDEX_features/)")
+    p.add_argument("--library", help="folder or list file of music feature files (.npy, (T, 128)) or music/video files (extracted)")
     p.add_argument("--query", nargs="+", help="video files (features and flow segments extracted first) or video feature files (.npy)")
     p.add_argument("--flow_ranks", help="ranks.csv giving the segments of .npy queries (looked up by file stem)")
     p.add_argument("--segments_from", choices=["ranks", "features"], default="ranks",

@@ -1,139 +1,109 @@
-"""Embedding and track scoring, shared by validation, test.py, retrieve.py and the benchmark.
+"""Embedding tracks and scoring them, shared by validation, test.py, retrieve.py and the benchmark.
 
-pooled(q, c)  = cosine of the track embeddings (renormalised means of segment embeddings).
-aligned(q, c) = mean over the query video's segments of cos(video segment, candidate music over
-                the same seconds): the candidate is laid under the video from its start and cut at
-                the query's boundaries. A query segment that starts after the candidate ends scores 0.
-Aligned costs an audio-encoder pass per (pair, segment), so it reranks the pooled top R.
-Everything runs in eval mode under no_grad.
+Each track is embedded once, on its own segments (video: flow segments; music: its own change points),
+into one unit vector per second. From those:
+    pooled(q, c)  = cosine of the renormalised means of the per-second vectors;
+    aligned(q, c) = mean over t < min(T_q, T_c) of cos(q(t), c(t)), the candidate laid under the video
+                    from its start.
+Neither re-encodes anything per pair: aligned is one matrix product over the padded per-second vectors
+(vmr.baselines.aligned_scores, the same code as the time-aligned linear baseline). On a large gallery,
+aligned rescoring runs on each query's pooled top `rerank` candidates only.
 """
 import numpy as np
 import torch
-from tqdm import tqdm
 
-from transformer.data import cut_segments, feature_segments, split_segments
-from transformer.model import track_embeddings
+from transformer.data import cut_parts, encode_timeline
+from vmr.baselines import aligned_scores, pad_sequences
+from vmr.metrics import check_finite, normalize_rows
 
 RERANK_OFFSET = 3.0  # added to aligned scores so reranked candidates stay above every pooled score (<= 1)
 
 
-def item_segments(items):
-    """(owner, start, end) int arrays over all segments of `items`, in item order."""
-    owner = np.concatenate([np.full(len(it.starts), i) for i, it in enumerate(items)])
-    return owner, np.concatenate([it.starts for it in items]), np.concatenate([it.ends for it in items])
-
-
 @torch.no_grad()
-def embed_segments(encoder, sources, owner, start, end, batch_size=256):
-    """(M, E) float32 embeddings of rows [start, end) of sources[owner]; batches of similar length."""
+def embed_tracks(encoder, sources, parts_of, batch_tracks=64):
+    """List of (T_i, E) float32 per-second unit vectors of each source (T_i, D), encoded on its parts."""
     encoder.eval()
     device = next(encoder.parameters()).device
-    lengths = np.minimum(end, [len(sources[o]) for o in owner]) - start
-    order = np.argsort(lengths, kind="stable")
-    out = torch.empty(len(order), encoder.output.out_features)
-    for first in range(0, len(order), batch_size):
-        chunk = order[first:first + batch_size]
-        x, pad = cut_segments(sources, owner[chunk], start[chunk], end[chunk])
-        out[torch.from_numpy(chunk)] = encoder(x.to(device), pad.to(device)).cpu()
+    out = []
+    for first in range(0, len(sources), batch_tracks):
+        chunk = sources[first:first + batch_tracks]
+        length = max(len(s) for s in chunk)
+        timeline = encode_timeline(encoder, cut_parts(chunk, parts_of[first:first + batch_tracks]), len(chunk), length, device).numpy()
+        out += [timeline[i, :len(s)] for i, s in enumerate(chunk)]
     return out
 
 
-def embed_items(model, items, batch_size=256):
-    """Segment and track embeddings of both modalities, each track cut at its own video's boundaries."""
-    owner, start, end = item_segments(items)
-    video_seg = embed_segments(model.video, [it.video for it in items], owner, start, end, batch_size)
-    audio_seg = embed_segments(model.audio, [it.audio for it in items], owner, start, end, batch_size)
-    return dict(owner=owner, start=start, end=end, video_seg=video_seg, audio_seg=audio_seg,
-                video=track_embeddings(video_seg, owner, len(items)),
-                audio=track_embeddings(audio_seg, owner, len(items)))
+def pool(sequences):
+    """(n, E) renormalised means of per-second vectors."""
+    return normalize_rows(np.stack([s.mean(0) for s in sequences]))
 
 
-def embed_video_item(model, item, batch_size=256):
-    """Video segment and track embeddings of one query item (a video without music)."""
-    owner, start, end = item_segments([item])
-    video_seg = embed_segments(model.video, [item.video], owner, start, end, batch_size)
-    return dict(owner=owner, start=start, end=end, video_seg=video_seg, video=track_embeddings(video_seg, owner, 1))
+def embed_items(model, items, batch_tracks=64):
+    """Per-second and pooled embeddings of both modalities of test items (music cut from the music alone)."""
+    video = embed_tracks(model.video, [it.video for it in items], [it.video_parts for it in items], batch_tracks)
+    audio = embed_tracks(model.audio, [it.audio for it in items], [it.music_parts for it in items], batch_tracks)
+    return dict(video_seq=video, audio_seq=audio, video=pool(video), audio=pool(audio))
 
 
-@torch.no_grad()
-def aligned_scores(audio_encoder, query_emb, query_owner, query_start, query_end, music, pairs, batch_size=256):
-    """(P,) aligned scores for pairs (P, 2) of (query index, candidate index into `music`).
+def score_matrices(video_seq, audio_seq, video, audio, scoring="aligned", rerank=1000, what="Transformer"):
+    """(video_to_music (n, N), music_to_video (N, n)) score matrices, ground truth on the diagonal.
 
-    query_emb (M, E) video segment embeddings with their owner/start/end; music: list of (T, Da) arrays.
+    pooled: cosine of the pooled vectors. aligned: each query's pooled top `rerank` candidates
+    (all of them when rerank <= 0 or >= the gallery) get RERANK_OFFSET + their aligned score.
     """
-    pairs = np.asarray(pairs, np.int64).reshape(-1, 2)
-    segments_of = [np.flatnonzero(query_owner == q) for q in range(int(query_owner.max()) + 1)]
-    pair_index = np.concatenate([np.full(len(segments_of[q]), p) for p, (q, _) in enumerate(pairs)] + [np.zeros(0, np.int64)])
-    segment = np.concatenate([segments_of[q] for q, _ in pairs] + [np.zeros(0, np.int64)])
-    candidate = pairs[pair_index, 1]
-    has_music = query_start[segment] < np.array([len(music[c]) for c in candidate], np.int64)
-    pair_index, segment, candidate = pair_index[has_music], segment[has_music], candidate[has_music]
-    total = torch.zeros(len(pairs))
-    if len(segment):
-        emb = embed_segments(audio_encoder, music, candidate, query_start[segment], query_end[segment], batch_size)
-        cosine = (emb * query_emb[torch.from_numpy(segment)]).sum(1)
-        total.index_add_(0, torch.from_numpy(pair_index), cosine)
-    counts = np.array([len(segments_of[q]) for q, _ in pairs], np.float32)
-    return (total / torch.from_numpy(counts)).numpy()
+    check_finite(video, f"{what}: video embeddings")
+    check_finite(audio, f"{what}: music embeddings")
+    pooled = video @ audio.T
+    if scoring == "pooled":
+        return pooled, pooled.T
+    q, q_len = pad_sequences(video_seq)
+    g, g_len = pad_sequences(audio_seq)
+    n, m = pooled.shape
+    if rerank <= 0 or rerank >= max(n, m):
+        full = aligned_scores(q, q_len, g, g_len)
+        return full, full.T
+    return (rescore_top(pooled, rerank, lambda rows, cols: pair_scores(q, q_len, g, g_len, rows, cols)),
+            rescore_top(pooled.T, rerank, lambda rows, cols: pair_scores(q, q_len, g, g_len, cols, rows)))
 
 
-def top_columns(scores, k):
-    """(n, k) column indices of each row's k highest scores (unordered)."""
-    k = min(k, scores.shape[1])
-    return np.argpartition(-scores, k - 1, axis=1)[:, :k]
+def pair_scores(q, q_len, g, g_len, rows, cols, chunk=4096):
+    """(P,) aligned scores of the pairs (query rows[k], gallery cols[k]) from pad_sequences outputs."""
+    width = min(q.shape[1], g.shape[1])
+    out = np.empty(len(rows), np.float32)
+    for s in range(0, len(rows), chunk):
+        r, c = rows[s:s + chunk], cols[s:s + chunk]
+        out[s:s + chunk] = np.einsum("ptd,ptd->p", q[r, :width], g[c, :width]) / np.maximum(np.minimum(q_len[r], g_len[c]), 1)
+    return out
 
 
-def aligned_matrices(model, pooled, embedded, music, rerank=100, batch_size=256):
-    """Score matrices (rows = queries, ground truth on the diagonal) for the aligned scoring.
-
-    pooled (n, n) video x music pooled scores; embedded: embed_items() of the same n items;
-    music: the n (T, Da) arrays. Returns (video_to_music (n, n), music_to_video (n, n) with music
-    queries as rows): the pooled scores, with each query's pooled top `rerank` candidates replaced
-    by RERANK_OFFSET + aligned score (every candidate when rerank <= 0 or >= n). Both directions
-    use the same pair score aligned(video i, music j).
-    """
-    n = len(pooled)
-    rerank = n if rerank <= 0 else min(rerank, n)
-    rows = np.repeat(np.arange(n), rerank)
-    v2m_cols = top_columns(pooled, rerank).ravel()
-    m2v_rows = top_columns(pooled.T, rerank).ravel()  # music query j: its pooled top videos
-    pairs = np.unique(np.concatenate([np.stack([rows, v2m_cols], 1), np.stack([m2v_rows, rows], 1)]), axis=0)
-    values = aligned_scores(model.audio, embedded["video_seg"], embedded["owner"], embedded["start"],
-                            embedded["end"], music, pairs, batch_size)
-    table = np.full((n, n), np.nan)
-    table[pairs[:, 0], pairs[:, 1]] = values
-    v2m, m2v = pooled.astype(np.float64), pooled.T.astype(np.float64)
-    v2m[rows, v2m_cols] = RERANK_OFFSET + table[rows, v2m_cols]
-    m2v[rows, m2v_rows] = RERANK_OFFSET + table[m2v_rows, rows]
-    return v2m, m2v
+def rescore_top(pooled, k, score_pairs):
+    """Pooled scores with each row's top k replaced by RERANK_OFFSET + score_pairs(rows, cols)."""
+    k = min(k, pooled.shape[1])
+    cols = np.argpartition(-pooled, k - 1, axis=1)[:, :k].ravel()
+    rows = np.repeat(np.arange(len(pooled)), k)
+    out = pooled.astype(np.float32).copy()
+    out[rows, cols] = RERANK_OFFSET + score_pairs(rows, cols)
+    return out
 
 
 def shown_score(score):
-    """A score from a rerank matrix as the scoring defines it (the offset removed)."""
+    """A score from a rescored matrix as the scoring defines it (the offset removed)."""
     return float(score - RERANK_OFFSET) if score > RERANK_OFFSET - 1.5 else float(score)
 
 
-def library_segments(audio_list, max_seq_len=200, n_bkps=7, min_seconds=10):
-    """(owner, start, end) of tracks without video, cut where their audio features change (Dynp at 1 Hz)."""
-    owner, start, end = [], [], []
-    for i, audio in enumerate(tqdm(audio_list, desc="segmenting tracks", unit="track", leave=False)):
-        boundaries, ranks = feature_segments(audio, n_bkps, min_seconds)
-        s, e, _, _ = split_segments(boundaries, ranks, max_seq_len, len(audio))
-        owner.append(np.full(len(s), i))
-        start.append(s)
-        end.append(e)
-    return np.concatenate(owner), np.concatenate(start), np.concatenate(end)
+def segment_vectors(seq, parts):
+    """(P, E) renormalised means of per-second vectors over [start, end) parts."""
+    return normalize_rows(np.stack([seq[s:e].mean(0) for s, e in parts]))
 
 
-def embed_library(model, audio_list, max_seq_len=200, n_bkps=7, min_seconds=10, batch_size=256):
-    """Segments (cut from the audio itself) and track embeddings of music without video."""
-    owner, start, end = library_segments(audio_list, max_seq_len, n_bkps, min_seconds)
-    seg = embed_segments(model.audio, audio_list, owner, start, end, batch_size)
-    return dict(owner=owner, start=start, end=end, seg=seg, track=track_embeddings(seg, owner, len(audio_list)))
-
-
-def best_segments(query_emb, gallery_emb):
-    """For each query segment: (index of the gallery segment with the highest cosine, that cosine)."""
-    sim = query_emb @ gallery_emb.T
-    score, index = sim.max(1)
-    return index.numpy(), score.numpy()
+def best_segments(items, embedded, ids):
+    """For each query video segment: the gallery music segment (cut from the music alone) with the highest cosine."""
+    gallery = [(i, s, e) for i, it in enumerate(items) for s, e in it.music_parts]
+    g = np.concatenate([segment_vectors(seq, it.music_parts) for seq, it in zip(embedded["audio_seq"], items)])
+    out = []
+    for seq, it in zip(embedded["video_seq"], items):
+        sims = segment_vectors(seq, it.video_parts) @ g.T
+        out.append([{"start": int(s), "end": int(e), "track": ids[gallery[j][0]], "track_start": int(gallery[j][1]),
+                     "track_end": int(gallery[j][2]), "score": float(sims[k, j])}
+                    for k, ((s, e), j) in enumerate(zip(it.video_parts, sims.argmax(1)))])
+    return out

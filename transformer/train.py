@@ -1,36 +1,42 @@
 """Train the segment Transformer on fixed feature folders and flow segments.
 
     python transformer/train.py --train_data_dir DATA --train_csv_path DATA/train.csv \
-        --test_csv_path DATA/test.csv --flow_ranks features/flow/ranks.csv --save_dir runs/transformer
+        --test_csv_path DATA/test.csv --flow_ranks DATA/flow/ranks.csv --save_dir runs/transformer
 
 Only ids of the train CSV are used; any id that is also in the test CSV is an error. A seeded
---val_fraction of them selects best.pt (validation recall, pooled scoring); the test CSV is never
-used for selection. Every epoch writes last.pt atomically (plain dicts, loadable with
-torch.load(weights_only=True)); --resume continues from it and ends where an uninterrupted run ends.
+--val_fraction of them selects best.pt and stops training early (validation recall under the test
+protocol: music cut from the music alone, whole validation gallery); the test CSV is never used for
+selection. Every epoch writes last.pt atomically (plain dicts, loadable with torch.load(weights_only=True));
+--resume continues from it and ends where an uninterrupted run ends.
 """
 import argparse
 import csv
 import io
+import math
 import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import torch
 from tqdm import tqdm
 
 from feature_extraction.atomic import write_text
-from transformer.data import collate, load_items, training_ids
-from transformer.losses import flow_triplet_losses, intermodal_loss
+from transformer.data import collate, encode_timeline, load_items, training_ids
+from transformer.losses import aligned_matrix, flow_triplet_losses, pairing_loss, pooled, second_loss
 from transformer.model import SegmentTransformer
-from transformer.scoring import embed_items
-from vmnet.metrics import retrieval_metrics
-from vmnet.test import feature_names
-from vmnet.train import is_better, plain_args, plot_log, save_checkpoint, split_validation
+from transformer.scoring import embed_items, score_matrices
+from vmnet.train import plain_args, plot_log, save_checkpoint, split_validation
+from vmr.metrics import score_metrics, selection_key
+from vmr.runs import check_resume_flags, feature_provenance, prepare_run_dir
 
-LOG_COLUMNS = ["epoch", "train_loss", "val_R@1", "val_R@10", "val_MedR", "seconds", "inter_loss", "top_loss", "bottom_loss"]
+LOG_COLUMNS = ["epoch", "train_loss", "val_R@1", "val_R@10", "val_MedR", "val_pooled_R@1", "seconds", "inter_loss",
+               "top_loss", "bottom_loss", "lr"]
 # flags that define the run; the rest (paths to outputs, epochs, resume) may change on --resume
-RUN_FLAGS = ["embed_dim", "num_heads", "num_layers", "ff_dim", "dropout", "max_seq_len", "batch_size", "lr", "margin",
-             "top_k", "flow_margin", "flow_k", "lambda1", "lambda2", "lambda3", "val_fraction", "seed", "max_seconds"]
+RUN_FLAGS = ["embed_dim", "num_heads", "num_layers", "ff_dim", "dropout", "max_seq_len", "batch_size", "lr", "warmup",
+             "weight_decay", "loss", "temperature", "margin", "top_k", "flow_margin", "flow_k", "lambda1", "lambda2",
+             "lambda3", "lambda_pooled", "lambda_second", "distance_bias", "schedule", "scoring", "val_fraction", "seed",
+             "max_seconds", "n_bkps", "min_seconds", "segments_from"]
 
 
 def build_parser():
@@ -43,31 +49,46 @@ def build_parser():
     data.add_argument("--test_data_dir", default=None, help="folder of the test features (default: --train_data_dir)")
     data.add_argument("--flow_ranks", default=None, help="flowProcessor's ranks.csv (ours or the original format)")
     data.add_argument("--segments_from", choices=["ranks", "features"], default="ranks",
-                      help="ranks: ids missing from ranks.csv are skipped with a warning; features: they (or all ids, "
-                           "without --flow_ranks) are cut where the video features change (default ranks)")
-    data.add_argument("--n_bkps", type=int, default=7, help="breakpoints for --segments_from features (default 7, as flowProcessor)")
-    data.add_argument("--min_seconds", type=int, default=10, help="shortest segment for --segments_from features (default 10)")
-    data.add_argument("--max_seq_len", type=int, default=200, help="longer segments are split into parts with the parent's rank (default 200 s, original)")
-    data.add_argument("--max_seconds", type=int, default=None, help="use only the first N seconds of each item")
-    model = p.add_argument_group("model (defaults as the original trained it)")
-    model.add_argument("--embed_dim", type=int, default=32, help="encoder width and embedding size (default 32)")
+                      help="video segments. ranks: ids missing from ranks.csv are skipped with a warning; features: they "
+                           "(or all ids, without --flow_ranks) are cut where the video features change (default ranks)")
+    data.add_argument("--n_bkps", type=int, default=7, help="change points per track for music (and --segments_from features) (default 7)")
+    data.add_argument("--min_seconds", type=int, default=10, help="shortest music segment in seconds (default 10)")
+    data.add_argument("--max_seq_len", type=int, default=200, help="longer segments are split into near-equal parts (default 200 s, original)")
+    data.add_argument("--max_seconds", type=int, default=None, help="use only the first N seconds of each item (default: all)")
+    model = p.add_argument_group("model")
+    model.add_argument("--embed_dim", type=int, default=64, help="encoder width and embedding size (default 64)")
     model.add_argument("--num_heads", type=int, default=4, help="attention heads (default 4)")
-    model.add_argument("--num_layers", type=int, default=4, help="encoder layers per modality (default 4)")
-    model.add_argument("--ff_dim", type=int, default=2048, help="feed-forward width (default 2048, PyTorch's default)")
+    model.add_argument("--num_layers", type=int, default=2, help="encoder layers per modality (default 2)")
+    model.add_argument("--ff_dim", type=int, default=256, help="feed-forward width (default 256)")
     model.add_argument("--dropout", type=float, default=0.1, help="dropout (default 0.1)")
+    model.add_argument("--distance_bias", type=int, choices=(0, 1), default=1,
+                       help="1: learned per-head attention penalty slope * |i - j| (ALiBi with learned slopes) (default 1)")
     loss = p.add_argument_group("losses")
-    loss.add_argument("--margin", type=float, default=0.1, help="inter-modal hinge margin (default 0.1, VM-NET)")
-    loss.add_argument("--top_k", type=int, default=16, help="hardest negatives per anchor, from other videos only (default 16, original)")
+    loss.add_argument("--loss", choices=["infonce", "hinge"], default="infonce",
+                      help="inter-modal loss on the aligned and pooled scores: temperature-scaled InfoNCE or VM-NET's hinge (default infonce)")
+    loss.add_argument("--temperature", type=float, default=0.05, help="InfoNCE temperature (default 0.05)")
+    loss.add_argument("--margin", type=float, default=0.1, help="hinge margin (default 0.1, VM-NET)")
+    loss.add_argument("--top_k", type=int, default=16, help="hinge: hardest negatives per anchor (default 16, original)")
     loss.add_argument("--flow_margin", type=float, default=0.1, help="TripletMarginLoss margin of the flow-rank triplets (default 0.1, original)")
     loss.add_argument("--flow_k", type=int, default=16, help="flow-rank triplets sampled per batch and kind (default 16, original)")
-    loss.add_argument("--lambda1", type=float, default=0.33, help="weight of the inter-modal loss (default 0.33, original)")
-    loss.add_argument("--lambda2", type=float, default=0.33, help="weight of the top triplets (default 0.33, original)")
-    loss.add_argument("--lambda3", type=float, default=0.33, help="weight of the bottom triplets (default 0.33, original)")
+    loss.add_argument("--lambda1", type=float, default=1.0, help="weight of the inter-modal loss (default 1.0)")
+    loss.add_argument("--lambda_pooled", type=float, default=1.0, help="weight of the inter-modal loss on pooled scores (default 1.0)")
+    loss.add_argument("--lambda_second", type=float, default=0.0, help="weight of the per-second InfoNCE (default 0)")
+    loss.add_argument("--lambda2", type=float, default=0.1, help="weight of the top flow-rank triplets (default 0.1; 0 turns them off)")
+    loss.add_argument("--lambda3", type=float, default=0.1, help="weight of the bottom flow-rank triplets (default 0.1; 0 turns them off)")
     train = p.add_argument_group("training")
-    train.add_argument("--save_dir", default="runs/transformer", help="checkpoints, train_log.csv and train_log.png (default runs/transformer)")
-    train.add_argument("--epochs", type=int, default=100, help="epochs (default 100)")
-    train.add_argument("--batch_size", type=int, default=128, help="videos per batch, all their segments together (default 128, original)")
-    train.add_argument("--lr", type=float, default=1e-4, help="Adam learning rate (default 1e-4, original)")
+    train.add_argument("--save_dir", default="runs/transformer", help="checkpoints, train_log.csv/.png, metrics.json (default runs/transformer)")
+    train.add_argument("--overwrite", action="store_true", help="remove the results of an earlier run in --save_dir first")
+    train.add_argument("--epochs", type=int, default=40, help="most epochs (default 40)")
+    train.add_argument("--patience", type=int, default=6, help="stop after this many epochs without a better validation score (default 6; 0 = never)")
+    train.add_argument("--batch_size", type=int, default=64, help="videos per batch, all their segments together (default 64)")
+    train.add_argument("--lr", type=float, default=1e-3, help="AdamW learning rate (default 1e-3)")
+    train.add_argument("--warmup", type=int, default=50, help="steps of linear learning-rate warm-up (default 50)")
+    train.add_argument("--schedule", choices=["constant", "cosine"], default="constant",
+                       help="after the warm-up: constant, or cosine decay to 0 at --epochs (default constant)")
+    train.add_argument("--weight_decay", type=float, default=1e-2, help="AdamW weight decay (default 1e-2)")
+    train.add_argument("--scoring", choices=["aligned", "pooled"], default="aligned",
+                       help="track score that selects best.pt and heads test.py's table (default aligned)")
     train.add_argument("--val_fraction", type=float, default=0.1, help="seeded share of the train ids that selects best.pt (default 0.1; 0 = best is last)")
     train.add_argument("--seed", type=int, default=0, help="seed of the split, initialisation, shuffling, dropout and triplet sampling (default 0)")
     train.add_argument("--device", default="cpu", help="cpu or cuda (default cpu)")
@@ -80,7 +101,55 @@ class NonFiniteLoss(RuntimeError):
     pass
 
 
-def train_epoch(model, items, optimizer, args, generator, device, epoch):
+def input_stats(items):
+    """Mean and std of every video and audio row of the training items (float64 sums, one pass)."""
+    out = []
+    for kind in ("video", "audio"):
+        n = sum(len(getattr(it, kind)) for it in items)
+        total = sum(getattr(it, kind).sum(0, dtype=np.float64) for it in items)
+        squares = sum(np.square(getattr(it, kind), dtype=np.float64).sum(0) for it in items)
+        mean = total / n
+        out += [mean, np.sqrt(np.maximum(squares / n - mean * mean, 0))]
+    return out
+
+
+def steps_per_epoch(n_items, batch_size):
+    """Optimiser steps in one epoch: batches of one item are skipped (no negatives)."""
+    return n_items // batch_size + (n_items % batch_size >= 2)
+
+
+def lr_factor(args, steps):
+    """Learning-rate multiplier per step: linear warm-up over --warmup steps, then constant or cosine to 0 at --epochs."""
+    total = max(args.epochs * steps, 1)
+
+    def factor(step):
+        warm = min(1.0, (step + 1) / max(args.warmup, 1))
+        if args.schedule == "constant":
+            return warm
+        return warm * 0.5 * (1.0 + math.cos(math.pi * min(step / total, 1.0)))
+    return factor
+
+
+def batch_losses(model, batch, args, generator, device):
+    """(total, inter, top, bottom) of one batch."""
+    b, length = len(batch.lengths), int(batch.lengths.max())
+    video = encode_timeline(model.video, batch.video, b, length, device)
+    audio = encode_timeline(model.audio, batch.audio, b, length, device)
+    lengths = batch.lengths.float()
+    scores = aligned_matrix(video, audio, lengths) if args.scoring == "aligned" else None
+    pooled_scores = pooled(video, lengths) @ pooled(audio, lengths).T
+    options = dict(kind=args.loss, temperature=args.temperature, margin=args.margin, top_k=args.top_k)
+    inter = args.lambda_pooled * pairing_loss(pooled_scores, **options)
+    if scores is not None:
+        inter = inter + pairing_loss(scores, **options)
+    if args.lambda_second:
+        inter = inter + args.lambda_second * second_loss(video, audio, batch.lengths, args.temperature)
+    top, bottom = flow_triplet_losses(video, audio, batch.top, batch.bottom, batch.n_segments, args.flow_margin,
+                                      args.flow_k, generator)
+    return args.lambda1 * inter + args.lambda2 * top + args.lambda3 * bottom, inter, top, bottom
+
+
+def train_epoch(model, items, optimizer, schedule, args, generator, device, epoch):
     """One pass over the items in a seeded order; returns mean losses {total, inter, top, bottom}."""
     model.train()
     order = torch.randperm(len(items), generator=generator).tolist()
@@ -88,21 +157,17 @@ def train_epoch(model, items, optimizer, args, generator, device, epoch):
     steps = 0
     bar = tqdm(range(0, len(order), args.batch_size), desc=f"epoch {epoch}", unit="batch", leave=False)
     for step, start in enumerate(bar):
-        batch = collate([items[i] for i in order[start:start + args.batch_size]])
-        video, audio = model(batch.video.to(device), batch.audio.to(device), batch.pad.to(device))
-        video, audio = video.cpu(), audio.cpu()
-        inter = intermodal_loss(video, audio, batch.owner, args.margin, args.top_k)
-        top, bottom = flow_triplet_losses(video, audio, batch.top, batch.bottom, batch.n_parents,
-                                          args.flow_margin, args.flow_k, generator)
-        loss = args.lambda1 * inter + args.lambda2 * top + args.lambda3 * bottom
+        chosen = [items[i] for i in order[start:start + args.batch_size]]
+        if len(chosen) < 2:  # one video has no negatives
+            continue
+        loss, inter, top, bottom = batch_losses(model, collate(chosen), args, generator, device)
         if not torch.isfinite(loss):
             raise NonFiniteLoss(f"epoch {epoch} batch {step}: loss is {loss.item()} "
                                 f"(inter {inter.item()}, top {top.item()}, bottom {bottom.item()})")
-        if not loss.requires_grad:  # a batch of one video has no negatives and no triplets
-            continue
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()
+        schedule.step()
         for key, value in zip(sums, (loss, inter, top, bottom)):
             sums[key] += float(value.detach())
         steps += 1
@@ -111,9 +176,14 @@ def train_epoch(model, items, optimizer, args, generator, device, epoch):
 
 
 def validate(model, items):
-    """Whole validation gallery, pooled scoring (tracks cut at their own video's boundaries), video -> music."""
+    """Whole validation gallery, music cut from the music alone: video -> music blocks of both scorings."""
     embedded = embed_items(model, items)
-    return retrieval_metrics(embedded["video"].numpy(), embedded["audio"].numpy(), with_ranks=False)["video_to_music"]
+    out = {}
+    for scoring in ("pooled", "aligned"):
+        v2m, m2v = score_matrices(embedded["video_seq"], embedded["audio_seq"], embedded["video"], embedded["audio"],
+                                  scoring, rerank=0, what="Transformer (validation)")
+        out[scoring] = score_metrics(v2m, with_ranks=False)["video_to_music"]
+    return out
 
 
 def write_log(save_dir, rows):
@@ -127,77 +197,89 @@ def write_log(save_dir, rows):
 
 
 def run(args):
-    save_dir = Path(args.save_dir)
     if args.threads:
         torch.set_num_threads(args.threads)
     device = torch.device(args.device)
     if device.type == "cpu":
         torch.use_deterministic_algorithms(True)
+    save_dir = prepare_run_dir(args.save_dir, args.resume, args.overwrite)
     ids = training_ids(args.train_csv_path, args.test_csv_path)
     train_ids, val_ids = split_validation(ids, args.val_fraction, args.seed)
     load = dict(flow_ranks=args.flow_ranks, segments_from=args.segments_from, max_seq_len=args.max_seq_len,
                 max_seconds=args.max_seconds, n_bkps=args.n_bkps, min_seconds=args.min_seconds)
     train_items = load_items(args.train_data_dir, train_ids, **load)
-    val_items = load_items(args.train_data_dir, val_ids, **load) if val_ids else []
-    video_dim, audio_dim = train_items[0].video.shape[1], train_items[0].audio.shape[1]
-    n_segments = sum(len(it.starts) for it in train_items)
+    dims = (train_items[0].video.shape[1], train_items[0].audio.shape[1])
+    val_items = load_items(args.train_data_dir, val_ids, **load, dims=dims) if val_ids else []
+    if args.test_csv_path:  # a test set of another width fails now, not after training
+        from vmnet.data import check_dims
+
+        check_dims(args.test_data_dir or args.train_data_dir, training_ids(args.test_csv_path), dims)
     if len(train_items) < 2:
         raise ValueError(f"{args.train_csv_path}: need at least 2 usable training videos, got {len(train_items)}")
-    print(f"{len(train_items)} training videos ({n_segments} segments), {len(val_items)} validation videos", file=sys.stderr)
+    n_parts = sum(len(it.video_parts) for it in train_items)
+    print(f"{len(train_items)} training videos ({n_parts} video segments), {len(val_items)} validation videos", file=sys.stderr)
 
     torch.manual_seed(args.seed)
-    model = SegmentTransformer(video_dim, audio_dim, args.embed_dim, args.num_heads, args.num_layers, args.ff_dim,
-                               args.dropout, args.max_seq_len).to(device)
-    optimizer = torch.optim.Adam(model.parameters(), lr=args.lr)
+    model = SegmentTransformer(*dims, args.embed_dim, args.num_heads, args.num_layers, args.ff_dim, args.dropout,
+                               args.max_seq_len, bool(args.distance_bias)).to(device)
+    model.set_input_stats(*input_stats(train_items))
+    optimizer = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=args.weight_decay)
+    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_factor(args, steps_per_epoch(len(train_items), args.batch_size)))
     generator = torch.Generator().manual_seed(args.seed)
     rows, best, first_epoch = [], None, 1
     run_args = {key: getattr(args, key) for key in RUN_FLAGS}
-    if args.resume and (save_dir / "last.pt").is_file():
-        state = torch.load(save_dir / "last.pt", map_location="cpu", weights_only=True)
-        changed = {k: (state["run_args"].get(k), v) for k, v in run_args.items() if state["run_args"].get(k) != v}
-        if changed:
-            raise ValueError(f"{save_dir / 'last.pt'}: cannot resume with different settings (saved, now): {changed}")
+    last = save_dir / "last.pt"
+    if args.resume and last.is_file():
+        state = torch.load(last, map_location="cpu", weights_only=True)
+        check_resume_flags(last, state["run_args"], run_args)
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
+        schedule.load_state_dict(state["schedule"])
         torch.set_rng_state(state["rng"])
         generator.set_state(state["generator"])
         rows, best, first_epoch = state["log"], state["best"], state["epoch"] + 1
         print(f"resuming after epoch {state['epoch']}", file=sys.stderr)
 
-    save_dir.mkdir(parents=True, exist_ok=True)
-    last = save_dir / "last.pt"
+    provenance = feature_provenance(args.train_data_dir)
     for epoch in range(first_epoch, args.epochs + 1):
+        if best and val_items and args.patience and epoch - best["epoch"] > args.patience:
+            print(f"early stop: no better validation score since epoch {best['epoch']}", file=sys.stderr)
+            break
         began = time.time()
         try:
-            losses = train_epoch(model, train_items, optimizer, args, generator, device, epoch)
+            losses = train_epoch(model, train_items, optimizer, schedule, args, generator, device, epoch)
         except NonFiniteLoss as error:
             kept = f"{last} (epoch {rows[-1]['epoch']})" if rows else "none (no epoch finished)"
             raise FloatingPointError(f"{error}; stopping; last good checkpoint: {kept}. Lower --lr or check the features")
         row = {"epoch": epoch, "train_loss": losses["total"], "inter_loss": losses["inter"], "top_loss": losses["top"],
-               "bottom_loss": losses["bottom"], "val_R@1": "", "val_R@10": "", "val_MedR": ""}
+               "bottom_loss": losses["bottom"], "lr": optimizer.param_groups[0]["lr"],
+               "val_R@1": "", "val_R@10": "", "val_MedR": "", "val_pooled_R@1": ""}
         improved = True
         if val_items:
             val = validate(model, val_items)
-            row.update({"val_R@1": val["R@1"], "val_R@10": val["R@10"], "val_MedR": val["MedR"]})
-            improved = is_better(val, best)
+            head = val[args.scoring]
+            row.update({"val_R@1": head["R@1"], "val_R@10": head["R@10"], "val_MedR": head["MedR"],
+                        "val_pooled_R@1": val["pooled"]["R@1"]})
+            improved = best is None or "key" not in best or list(selection_key(head)) > best["key"]
             if improved:
-                best = {"epoch": epoch, "R@10": val["R@10"], "MeanR": val["MeanR"]}
+                best = {"epoch": epoch, "key": list(selection_key(head)), "R@1": head["R@1"], "R@10": head["R@10"]}
         else:
             best = {"epoch": epoch}
         row["seconds"] = round(time.time() - began, 3)
         rows.append(row)
         state = {"model_type": "transformer", "model": model.state_dict(), "optimizer": optimizer.state_dict(),
-                 "epoch": epoch, "config": model.config, "run_args": run_args, "args": plain_args(args),
-                 "features": feature_names(args.train_data_dir),
-                 "train_ids": [it.id for it in train_items], "val_ids": [it.id for it in val_items],
+                 "schedule": schedule.state_dict(), "epoch": epoch, "config": model.config, "run_args": run_args,
+                 "args": plain_args(args), "train_data_dir": str(Path(args.train_data_dir).resolve()),
+                 "provenance": provenance, "train_ids": [it.id for it in train_items], "val_ids": [it.id for it in val_items],
                  "rng": torch.get_rng_state(), "generator": generator.get_state(), "log": rows, "best": best}
         if improved:
-            save_checkpoint(save_dir / "best.pt", state)
+            save_checkpoint(save_dir / "best.pt", {k: v for k, v in state.items() if k not in ("optimizer", "schedule")})
         save_checkpoint(last, state)
         write_log(save_dir, rows)
-        shown = f"val R@1 {row['val_R@1']:.3f} R@10 {row['val_R@10']:.3f} MedR {row['val_MedR']}" if val_items else "no validation"
-        tqdm.write(f"epoch {epoch}: loss {losses['total']:.4f}  {shown}{'  (best)' if improved and val_items else ''}",
-                   file=sys.stderr)
+        shown = (f"val {args.scoring} R@1 {row['val_R@1']:.3f} R@10 {row['val_R@10']:.3f} MedR {row['val_MedR']}"
+                 if val_items else "no validation")
+        tqdm.write(f"epoch {epoch}: loss {losses['total']:.4f}  {shown}  {row['seconds']:.1f} s"
+                   f"{'  (best)' if improved and val_items else ''}", file=sys.stderr)
     return save_dir / "best.pt"
 
 
@@ -212,9 +294,13 @@ def main(argv=None):
     if args.test_csv_path:
         from transformer.test import evaluate, print_summary
 
-        metrics = evaluate(best, args.test_data_dir or args.train_data_dir, args.test_csv_path,
-                           Path(args.save_dir) / "metrics.json", flow_ranks=args.flow_ranks,
-                           segments_from=args.segments_from)
+        try:
+            metrics = evaluate(best, args.test_data_dir or args.train_data_dir, args.test_csv_path,
+                               Path(args.save_dir) / "metrics.json", flow_ranks=args.flow_ranks,
+                               segments_from=args.segments_from, scoring=args.scoring)
+        except ValueError as error:
+            print(f"error: {error}", file=sys.stderr)
+            return 1
         print_summary(metrics)
     return 0
 

@@ -129,3 +129,16 @@ def feature_names(data_dir):
         prov = Path(data_dir) / kind / "_feature.json"
         out[kind] = json.loads(prov.read_text()).get("model") if prov.is_file() else None
     return out
+
+
+def check_dims(data_dir, ids, dims):
+    """Raise ValueError when the first readable id of `ids` in DATA_DIR has other widths than dims = (Dv, Da)."""
+    for vid in ids:
+        paths = [Path(data_dir) / kind / f"{vid}.npy" for kind in ("video", "audio")]
+        if bad_id_reason(vid) or not all(p.is_file() for p in paths):
+            continue
+        found = tuple(np.load(p, mmap_mode="r").shape[-1] for p in paths)
+        if found != tuple(dims):
+            raise ValueError(f"{data_dir}: {vid} has video/audio widths {found[0]}/{found[1]}, "
+                             f"the training data {dims[0]}/{dims[1]}")
+        return

@@ -4,7 +4,8 @@ Music branch (3 layers): FC2048-BN-ReLU-Dropout, FC1024-ReLU-Dropout, FC512-BN, 
 Video branch (2 layers): FC2048-BN-ReLU-Dropout, FC512-BN, L2. Each extra layer adds
 FC1024-ReLU-Dropout before the last one. Weights He truncated-normal (std sqrt(2/fan_in),
 cut at 2 std as TF's truncated_normal), biases 0. BatchNorm eps 1e-3 and momentum 0.01
-(PyTorch's convention for TF's decay 0.99).
+(PyTorch's convention for TF's decay 0.99). Inputs are standardised with the training split's mean
+and std, held as buffers so that a checkpoint carries them (identity until set_input_stats).
 """
 import math
 
@@ -43,12 +44,21 @@ class VMNet(nn.Module):
         super().__init__()
         self.video = branch(video_dim, num_layers_video, embed_dim, dropout=dropout)
         self.music = branch(audio_dim, num_layers_music, embed_dim, dropout=dropout)
+        for name, dim in (("video", video_dim), ("audio", audio_dim)):
+            self.register_buffer(f"{name}_mean", torch.zeros(dim))
+            self.register_buffer(f"{name}_std", torch.ones(dim))
+
+    def set_input_stats(self, video_mean, video_std, audio_mean, audio_std):
+        """Standardisation from the training split; a zero std becomes 1."""
+        for name, mean, std in (("video", video_mean, video_std), ("audio", audio_mean, audio_std)):
+            getattr(self, f"{name}_mean").copy_(torch.as_tensor(mean, dtype=torch.float32))
+            getattr(self, f"{name}_std").copy_(torch.as_tensor(std, dtype=torch.float32).clamp_min(1e-6))
 
     def embed_video(self, video):
-        return F.normalize(self.video(video), dim=1)
+        return F.normalize(self.video((video - self.video_mean) / self.video_std), dim=1)
 
     def embed_music(self, audio):
-        return F.normalize(self.music(audio), dim=1)
+        return F.normalize(self.music((audio - self.audio_mean) / self.audio_std), dim=1)
 
     def forward(self, video, audio):
         return self.embed_video(video), self.embed_music(audio)

@@ -29,7 +29,8 @@ from feature_extraction.atomic import atomic_path
 from feature_extraction.cli import HelpFormatter
 from vmr.metrics import normalize_rows
 from vmnet.model import embed_rows, model_from_checkpoint
-from vmnet.test import sha256_file
+from vmr.evaluation import sha256_file
+from vmr.runs import check_folder
 
 # feature folder name -> (extract.py token, extra flags) that produce it
 EXTRACT_ARGS = {
@@ -113,6 +114,7 @@ def build_index(library, checkpoint, index_path, extract_args=(), work_dir=None)
     audio_folder = (ckpt.get("features") or {}).get("audio") or "vggish"
     max_seconds = ckpt["args"].get("max_seconds")
     npy_files, media = list_library(library)
+    check_folder(ckpt.get("provenance"), "audio", [p.parent for p in npy_files], "index")
     tracks, failed = {}, 0
     for p in npy_files:
         x = np.load(p)
@@ -124,6 +126,7 @@ def build_index(library, checkpoint, index_path, extract_args=(), work_dir=None)
     if media:
         with tempfile.TemporaryDirectory() as tmp:
             feats = extract(media, [audio_folder], work_dir or tmp, list(extract_args))[audio_folder]
+            check_folder(ckpt.get("provenance"), "audio", [Path(work_dir or tmp) / audio_folder], "index")
         for p in media:
             if p.stem in feats:
                 tracks[p.stem] = pooled(feats[p.stem], max_seconds)
@@ -198,12 +201,15 @@ def query_features(paths, ckpt, extract_args=()):
     out, t0 = {}, time.perf_counter()
     paths = video_queries(paths)
     media = [Path(p) for p in paths if Path(p).suffix != ".npy"]
-    for p in paths:
-        if Path(p).suffix == ".npy":
-            out[str(p)] = np.load(p)
+    npy = [Path(p) for p in paths if Path(p).suffix == ".npy"]
+    check_folder(ckpt.get("provenance"), "video", [p.parent for p in npy], "query")
+    for p in npy:
+        out[str(p)] = np.load(p)
     if media:
         with tempfile.TemporaryDirectory() as tmp:
             feats = extract(media, folders, tmp, list(extract_args))
+            if len(folders) == 1:  # fused folders (clip+resnet101) are checked against the fusion's record by prepare.py
+                check_folder(ckpt.get("provenance"), "video", [Path(tmp) / folders[0]], "query")
         for p in media:
             if all(p.stem in feats[f] for f in folders):
                 parts = [feats[f][p.stem] for f in folders]

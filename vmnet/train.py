@@ -3,10 +3,20 @@ r"""Train VM-NET on mean-pooled per-second features.
     python vmnet/train.py --train_data_dir data/yt8m --train_csv_path data/yt8m/train.csv \
         --test_data_dir data/yt8m --test_csv_path data/yt8m/test.csv --save_dir runs/vmnet
 
-Writes SAVE_DIR/last.pt every epoch (resume point), best.pt (the epoch with the best
-validation recall on a seeded --val_fraction of the train CSV), train_log.csv and
-train_log.png, and after training metrics.json / retrieval.json on the test CSV (never used
-for selection). Checkpoints are plain dicts that load with torch.load(weights_only=True).
+A seeded --val_fraction of the train CSV is held out. For each learning rate of --lr the model trains
+until the validation score (vmr.metrics.selection_key: R@1 + R@5 + R@10, video to music, whole
+validation gallery) has not improved for --patience epochs; best.pt is the best epoch of the best
+learning rate, so learning rate and epochs are chosen on validation only. The test CSV is evaluated once
+after training (metrics.json / retrieval.json), never used for selection.
+
+Presets: "tuned" (default) standardises inputs with the training split's statistics (stored in the
+checkpoint), and regularises with AdamW weight decay, dropout and random-crop pooling (each epoch, an
+item's features are averaged over a random window of at least --crop of its seconds); "paper" keeps
+Hong et al. 2018's settings for comparison; "original" smerrillunc/VMR's. Every preset keeps the
+paper's architecture and losses (vmnet/model.py, vmnet/losses.py).
+
+Writes SAVE_DIR/last.pt every epoch (resume point), best.pt, train_log.csv and train_log.png.
+Checkpoints are plain dicts that load with torch.load(weights_only=True).
 """
 import argparse
 import csv
@@ -19,18 +29,29 @@ import numpy as np
 import torch
 
 from feature_extraction.atomic import atomic_path, write_text
-from vmnet.data import check_overlap, feature_names, load_pooled, read_ids
+from vmnet.data import check_dims, check_overlap, feature_names, read_ids
 from vmnet.losses import vmnet_loss
-from vmnet.metrics import retrieval_metrics
 from vmnet.model import VMNet, embed_rows
+from vmr.evaluation import load_sequences
+from vmr.metrics import check_finite, retrieval_metrics, selection_key
+from vmr.runs import check_resume_flags, feature_provenance, prepare_run_dir
 
 PRESETS = {
-    # Hong et al. 2018 (and csehong/VM-NET): cosine margin 0.1, 100 hardest negatives.
-    "paper": {"margin": 0.1, "top_k": 100},
+    "tuned": {"margin": 0.2, "top_k": 10, "lr": [1e-3, 3e-4], "dropout": 0.5, "weight_decay": 1e-2, "crop": 0.5,
+              "batch_size": 256, "patience": 10, "standardize": True},
+    # Hong et al. 2018 (and csehong/VM-NET): cosine margin 0.1, 100 hardest negatives, Adam 3e-4, keep_prob 0.9.
+    "paper": {"margin": 0.1, "top_k": 100, "lr": [3e-4], "dropout": 0.1, "weight_decay": 0.0, "crop": 0.0,
+              "batch_size": 1024, "patience": 0, "standardize": False},
     # smerrillunc/VMR VMNET/train.py at HEAD: margin 0.5, train_top_K 10.
-    "original": {"margin": 0.5, "top_k": 10},
+    "original": {"margin": 0.5, "top_k": 10, "lr": [3e-4], "dropout": 0.1, "weight_decay": 0.0, "crop": 0.0,
+                 "batch_size": 1024, "patience": 0, "standardize": False},
 }
-LOG_COLUMNS = ["epoch", "train_loss", "val_R@1", "val_R@10", "val_MedR", "seconds", "loss_xy", "loss_yx", "loss_x", "loss_y", "lr"]
+LOG_COLUMNS = ["epoch", "lr_index", "train_loss", "val_R@1", "val_R@10", "val_MedR", "seconds", "loss_xy", "loss_yx",
+               "loss_x", "loss_y", "lr"]
+# flags that define the run; the rest (paths to outputs, epochs, resume) may change on --resume
+RUN_FLAGS = ["preset", "margin", "top_k", "lr", "dropout", "weight_decay", "crop", "batch_size", "patience", "standardize",
+             "lr_decay", "lr_decay_steps", "loss_weights", "num_layers_music", "num_layers_video", "embed_dim",
+             "val_fraction", "max_seconds", "seed"]
 
 
 def parse_args(argv=None):
@@ -38,33 +59,39 @@ def parse_args(argv=None):
     p.add_argument("--train_data_dir", required=True, help="folder with video/<id>.npy and audio/<id>.npy (see vmnet/prepare.py)")
     p.add_argument("--train_csv_path", required=True, help="CSV of training ids (header ID, or headerless <id>.npy lines)")
     p.add_argument("--test_data_dir", help="folder of the test features (default: --train_data_dir)")
-    p.add_argument("--test_csv_path", help="CSV of test ids, evaluated once after training; must not overlap the train CSV")
-    p.add_argument("--save_dir", default="runs/vmnet", help="where checkpoints, train_log.csv/.png and metrics.json go")
-    p.add_argument("--epochs", type=int, default=100, help="number of passes over the training ids")
-    p.add_argument("--batch_size", type=int, default=1024, help="batch size (paper and original: 1024), clipped to the number of training ids; incomplete batches are dropped")
-    p.add_argument("--lr", type=float, default=3e-4, help="Adam learning rate (paper and original: 3e-4)")
-    p.add_argument("--lr_decay", type=float, default=0.96, help="staircase decay factor (original: 0.96 every 1000 steps)")
-    p.add_argument("--lr_decay_steps", type=int, default=1000, help="steps between learning-rate decays")
-    p.add_argument("--preset", choices=sorted(PRESETS), default="paper",
-                   help="paper: margin 0.1, top_k 100 (Hong et al. 2018); original: margin 0.5, top_k 10 (smerrillunc/VMR)")
-    p.add_argument("--margin", type=float, help="ranking-loss margin (default from --preset)")
-    p.add_argument("--top_k", type=int, help="hardest negatives per anchor, clipped to batch - 1 (default from --preset)")
+    p.add_argument("--test_csv_path", help="CSV of test ids, evaluated once after training; must not overlap the train CSV (default: none)")
+    p.add_argument("--save_dir", default="runs/vmnet", help="where checkpoints, train_log.csv/.png and metrics.json go (default runs/vmnet)")
+    p.add_argument("--overwrite", action="store_true", help="remove the results of an earlier run in --save_dir first")
+    p.add_argument("--preset", choices=sorted(PRESETS), default="tuned",
+                   help="defaults of the flags below: tuned (default; see above), paper (Hong et al. 2018), original (smerrillunc/VMR)")
+    p.add_argument("--epochs", type=int, default=100, help="most passes over the training ids per learning rate (default 100)")
+    p.add_argument("--patience", type=int, help="stop a learning rate after this many epochs without a better validation score; 0 = never (tuned 10, paper 0)")
+    p.add_argument("--batch_size", type=int, help="batch size, clipped to the number of training ids; incomplete batches are dropped (tuned 256, paper 1024)")
+    p.add_argument("--lr", type=float, nargs="+", help="AdamW learning rates to try; the best on validation is kept (tuned 1e-3 3e-4, paper 3e-4)")
+    p.add_argument("--weight_decay", type=float, help="AdamW weight decay (tuned 1e-2, paper 0)")
+    p.add_argument("--dropout", type=float, help="dropout probability (tuned 0.5, paper 0.1 = keep_prob 0.9)")
+    p.add_argument("--crop", type=float, help="random-crop pooling: shortest window as a share of an item's seconds; 0 = whole items (tuned 0.5, paper 0)")
+    p.add_argument("--standardize", type=int, choices=(0, 1), help="1: standardise inputs with the training split's mean and std (tuned 1, paper 0)")
+    p.add_argument("--lr_decay", type=float, default=0.96, help="staircase decay factor (default 0.96, the paper's, every --lr_decay_steps)")
+    p.add_argument("--lr_decay_steps", type=int, default=1000, help="steps between learning-rate decays (default 1000)")
+    p.add_argument("--margin", type=float, help="ranking-loss margin (tuned 0.2, paper 0.1, original 0.5)")
+    p.add_argument("--top_k", type=int, help="hardest negatives per anchor, clipped to batch - 1 (tuned 10, paper 100, original 10)")
     p.add_argument("--loss_weights", type=float, nargs=4, default=[3.0, 1.0, 0.2, 0.2], metavar=("XY", "YX", "X", "Y"),
-                   help="weights of music->video ranking, video->music ranking, music structure, video structure (paper and original: 3 1 0.2 0.2)")
-    p.add_argument("--num_layers_music", type=int, default=3, help="layers of the music branch (original: 3)")
-    p.add_argument("--num_layers_video", type=int, default=2, help="layers of the video branch (original: 2)")
-    p.add_argument("--embed_dim", type=int, default=512, help="joint embedding size (original: 512)")
-    p.add_argument("--dropout", type=float, default=0.1, help="dropout probability (original keep_prob 0.9)")
-    p.add_argument("--val_fraction", type=float, default=0.1, help="seeded fraction of the train CSV held out to select best.pt (0: best = last epoch)")
-    p.add_argument("--max_seconds", type=int, help="use only the first N seconds of every item")
-    p.add_argument("--seed", type=int, default=0, help="seed of the split, initialisation, shuffling and dropout")
+                   help="weights of music->video ranking, video->music ranking, music structure, video structure (default 3 1 0.2 0.2, the paper's)")
+    p.add_argument("--num_layers_music", type=int, default=3, help="layers of the music branch (default 3, the paper's)")
+    p.add_argument("--num_layers_video", type=int, default=2, help="layers of the video branch (default 2, the paper's)")
+    p.add_argument("--embed_dim", type=int, default=512, help="joint embedding size (default 512, the paper's)")
+    p.add_argument("--val_fraction", type=float, default=0.1, help="seeded fraction of the train CSV held out for selection (default 0.1; 0: best = last epoch)")
+    p.add_argument("--max_seconds", type=int, help="use only the first N seconds of every item (default: all)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the split, initialisation, shuffling, crops and dropout (default 0)")
     p.add_argument("--resume", action="store_true", help="continue from SAVE_DIR/last.pt; ends with the same result as an uninterrupted run")
-    p.add_argument("--device", default="cpu", help="cpu or cuda (deterministic on cpu)")
+    p.add_argument("--device", default="cpu", help="cpu or cuda (default cpu; deterministic on cpu)")
     p.add_argument("--threads", type=int, help="torch CPU threads (default: torch's choice)")
     args = p.parse_args(argv)
     for key, value in PRESETS[args.preset].items():
         if getattr(args, key) is None:
             setattr(args, key, value)
+    args.standardize = bool(args.standardize)
     args.test_data_dir = args.test_data_dir or args.train_data_dir
     return args
 
@@ -87,19 +114,22 @@ def save_checkpoint(path, state):
 def validation_scores(model, video, audio, device):
     """Whole-gallery video->music metrics of the validation ids."""
     model.eval()
-    v_emb = embed_rows(model.embed_video, video, device=device)
-    m_emb = embed_rows(model.embed_music, audio, device=device)
+    v_emb = check_finite(embed_rows(model.embed_video, video, device=device), "VM-NET: validation video embeddings")
+    m_emb = check_finite(embed_rows(model.embed_music, audio, device=device), "VM-NET: validation music embeddings")
     return retrieval_metrics(v_emb, m_emb, with_ranks=False)["video_to_music"]
 
 
-def is_better(val, best):
-    """Higher validation video->music R@10 wins; ties go to the lower mean rank."""
-    return best is None or (val["R@10"], -val["MeanR"]) > (best["R@10"], -best["MeanR"])
+def stop_non_finite(save_dir, last, history, what):
+    """FloatingPointError naming what went non-finite and the checkpoint that is kept (the log is written first)."""
+    if history:
+        write_log(save_dir, history)
+    kept = f"the last good checkpoint {last} (epoch {history[-1]['epoch']})" if history else "no checkpoint (none written yet)"
+    return FloatingPointError(f"{what}; stopping and keeping {kept}. Lower --lr or check the features")
 
 
 def write_log(save_dir, history, plot=True):
     buf = io.StringIO()
-    writer = csv.DictWriter(buf, fieldnames=LOG_COLUMNS, lineterminator="\n")
+    writer = csv.DictWriter(buf, fieldnames=LOG_COLUMNS, lineterminator="\n", extrasaction="ignore")
     writer.writeheader()
     writer.writerows(history)
     write_text(Path(save_dir) / "train_log.csv", buf.getvalue())
@@ -110,17 +140,17 @@ def write_log(save_dir, history, plot=True):
 def plot_log(history, path):
     from matplotlib.figure import Figure  # no pyplot: never touches the caller's backend (notebooks)
 
-    epochs = [row["epoch"] for row in history]
+    steps = np.arange(1, len(history) + 1)
     fig = Figure(figsize=(9, 3.5))
     ax1, ax2 = fig.subplots(1, 2)
-    ax1.plot(epochs, [row["train_loss"] for row in history], "-o", ms=3)
-    ax1.set_xlabel("epoch")
+    ax1.plot(steps, [row["train_loss"] for row in history], "-o", ms=3)
+    ax1.set_xlabel("epoch (all learning rates in turn)" if any(r.get("lr_index", 0) for r in history) else "epoch")
     ax1.set_ylabel("training loss")
     for key in ("val_R@1", "val_R@10"):
         values = [row[key] for row in history]
         if any(v != "" for v in values):
-            ax2.plot(epochs, [np.nan if v == "" else v for v in values], "-o", ms=3, label=key)
-    ax2.set_xlabel("epoch")
+            ax2.plot(steps, [np.nan if v == "" else v for v in values], "-o", ms=3, label=key)
+    ax2.set_xlabel(ax1.get_xlabel())
     ax2.set_ylabel("validation recall (video -> music)")
     ax2.set_ylim(0, 1)
     if ax2.lines:
@@ -134,6 +164,23 @@ def plain_args(args):
     return {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()}
 
 
+class CropPooler:
+    """Mean-pooled rows of each item over a random window of at least `crop` of its seconds (crop 0: whole items)."""
+
+    def __init__(self, sequences, crop):
+        self.crop = crop
+        self.sums = [np.concatenate([np.zeros((1, s.shape[1]), np.float32), np.cumsum(s, 0, dtype=np.float32)]) for s in sequences]
+
+    def __call__(self, rng):
+        out = []
+        for sums in self.sums:
+            t = len(sums) - 1
+            width = t if self.crop <= 0 else max(1, int(round(t * rng.uniform(self.crop, 1.0))))
+            start = int(rng.integers(0, t - width + 1))
+            out.append((sums[start + width] - sums[start]) / width)
+        return torch.from_numpy(np.stack(out))
+
+
 def train(args):
     """Train (or resume) and return the path of best.pt."""
     if args.threads:
@@ -141,105 +188,119 @@ def train(args):
     device = torch.device(args.device)
     if device.type == "cpu":
         torch.use_deterministic_algorithms(True)
-    save_dir = Path(args.save_dir)
-    save_dir.mkdir(parents=True, exist_ok=True)
-
+    save_dir = prepare_run_dir(args.save_dir, args.resume, args.overwrite)
     ids = read_ids(args.train_csv_path)
     if args.test_csv_path:
         check_overlap(ids, read_ids(args.test_csv_path))
-    ids, video, audio = load_pooled(args.train_data_dir, ids, args.max_seconds, desc="train features")
     train_ids, val_ids = split_validation(ids, args.val_fraction, args.seed)
-    index = {vid: i for i, vid in enumerate(ids)}
-    tr = np.array([index[v] for v in train_ids])
-    va = np.array([index[v] for v in val_ids], dtype=int)
-    if len(tr) < 2:
-        raise ValueError(f"{args.train_csv_path}: need at least 2 training ids, got {len(tr)}")
-    train_v = torch.as_tensor(video[tr])
-    train_a = torch.as_tensor(audio[tr])
+    train_ids, train_v, train_a = load_sequences(args.train_data_dir, train_ids, args.max_seconds, None, "train features")
+    if len(train_ids) < 2:
+        raise ValueError(f"{args.train_csv_path}: need at least 2 training ids, got {len(train_ids)}")
+    dims = (train_v[0].shape[1], train_a[0].shape[1])
+    val_ids, val_v, val_a = load_sequences(args.train_data_dir, val_ids, args.max_seconds, dims, "validation features") if val_ids else ([], [], [])
+    if args.test_csv_path:  # a test set of another width fails now, not after training
+        check_dims(args.test_data_dir, read_ids(args.test_csv_path), dims)
+    pool = lambda rows: np.stack([r.mean(0) for r in rows]) if rows else None  # noqa: E731
+    video_pool, audio_pool, val_video, val_audio = pool(train_v), pool(train_a), pool(val_v), pool(val_a)
+    crops = CropPooler(train_v, args.crop), CropPooler(train_a, args.crop)
+    del train_v, train_a
 
-    torch.manual_seed(args.seed)
-    config = {"video_dim": video.shape[1], "audio_dim": audio.shape[1], "num_layers_video": args.num_layers_video,
+    config = {"video_dim": dims[0], "audio_dim": dims[1], "num_layers_video": args.num_layers_video,
               "num_layers_music": args.num_layers_music, "embed_dim": args.embed_dim, "dropout": args.dropout}
-    model = VMNet(**config).to(device)
-    optimizer = torch.optim.Adam(model.parameters(), lr=args.lr, betas=(0.9, 0.999), eps=1e-8)
-    shuffle = torch.Generator().manual_seed(args.seed)
-    start_epoch, step, history, best = 0, 0, [], None
-
+    run_args = {key: getattr(args, key) for key in RUN_FLAGS}
+    record = {"config": config, "run_args": run_args, "args": plain_args(args), "features": feature_names(args.train_data_dir),
+              "provenance": feature_provenance(args.train_data_dir), "train_data_dir": str(Path(args.train_data_dir).resolve()),
+              "train_ids": train_ids, "val_ids": val_ids}
     last = save_dir / "last.pt"
+    history, best, lr_index, resume_state = [], None, 0, None
     if args.resume and last.is_file():
-        ckpt = torch.load(last, weights_only=True, map_location="cpu")
-        if ckpt["config"] != config:
-            raise ValueError(f"{last}: made for {ckpt['config']}, this run has {config}")
-        model.load_state_dict(ckpt["model"])
-        optimizer.load_state_dict(ckpt["optimizer"])
-        torch.set_rng_state(ckpt["rng"])
-        if device.type == "cuda" and "cuda_rng" in ckpt:
-            torch.cuda.set_rng_state(ckpt["cuda_rng"], device)
-        shuffle.set_state(ckpt["shuffle_rng"])
-        start_epoch, step, history, best = ckpt["epoch"], ckpt["step"], ckpt["history"], ckpt["best"]
-        print(f"resuming {last} after epoch {start_epoch}", file=sys.stderr)
+        resume_state = torch.load(last, weights_only=True, map_location="cpu")
+        check_resume_flags(last, resume_state["run_args"], run_args)
+        history, best, lr_index = resume_state["history"], resume_state["best"], resume_state["lr_index"]
+        print(f"resuming {last} after epoch {resume_state['epoch']} of learning rate {args.lr[lr_index]}", file=sys.stderr)
 
-    batch = min(args.batch_size, len(tr))
-    weights = tuple(args.loss_weights)
     from tqdm import tqdm
 
-    features = feature_names(args.train_data_dir)
-    last_plot = time.time()
-    bar = tqdm(range(start_epoch, args.epochs), desc="VM-NET", unit="epoch", initial=start_epoch, total=args.epochs)
-    for epoch in bar:
-        t0 = time.time()
-        model.train()
-        order = torch.randperm(len(tr), generator=shuffle)
-        sums = {"total": 0.0, "xy": 0.0, "yx": 0.0, "x": 0.0, "y": 0.0}
-        n_batches = len(tr) // batch
-        for b in range(n_batches):
-            lr = args.lr * args.lr_decay ** (step // args.lr_decay_steps)
-            for group in optimizer.param_groups:
-                group["lr"] = lr
-            idx = order[b * batch:(b + 1) * batch]
-            v, a = train_v[idx].to(device), train_a[idx].to(device)
-            v_emb, a_emb = model(v, a)
-            loss, parts = vmnet_loss(a, v, a_emb, v_emb, args.margin, args.top_k, weights)
-            if not torch.isfinite(loss):
-                kept = f"the last good checkpoint {last} (epoch {history[-1]['epoch']})" if history else "no checkpoint (none written yet)"
-                if history:
-                    write_log(save_dir, history)
-                raise FloatingPointError(f"loss is {loss.item()} at epoch {epoch + 1}, step {step}; stopping and keeping {kept}. "
-                                         "Lower --lr or check the features")
-            optimizer.zero_grad()
-            loss.backward()
-            optimizer.step()
-            step += 1
-            sums["total"] += loss.item()
-            for k, val in parts.items():
-                sums[k] += val.item()
-        row = {"epoch": epoch + 1, "train_loss": sums["total"] / n_batches, "lr": lr,
-               **{f"loss_{k}": sums[k] / n_batches for k in ("xy", "yx", "x", "y")},
-               "val_R@1": "", "val_R@10": "", "val_MedR": ""}
-        improved = True
-        if len(va):
-            val = validation_scores(model, video[va], audio[va], device)
-            row.update({"val_R@1": val["R@1"], "val_R@10": val["R@10"], "val_MedR": val["MedR"]})
-            improved = is_better(val, best)
-            if improved:
-                best = {"epoch": epoch + 1, "R@10": val["R@10"], "MeanR": val["MeanR"]}
-        else:
-            best = {"epoch": epoch + 1}
-        row["seconds"] = round(time.time() - t0, 3)
-        history.append(row)
-        state = {"model": model.state_dict(), "optimizer": optimizer.state_dict(), "epoch": epoch + 1, "step": step,
-                 "config": config, "args": plain_args(args), "rng": torch.get_rng_state(), "shuffle_rng": shuffle.get_state(),
-                 "history": history, "best": best, "val_ids": list(val_ids),
-                 "features": features}
-        if device.type == "cuda":
-            state["cuda_rng"] = torch.cuda.get_rng_state(device)
-        if improved:  # best.pt is for evaluation and retrieval: no optimiser state
-            save_checkpoint(save_dir / "best.pt", {k: v for k, v in state.items() if k != "optimizer"})
-        save_checkpoint(last, state)
-        plot = epoch + 1 == args.epochs or time.time() - last_plot > 60  # the PNG costs more than a small epoch
-        write_log(save_dir, history, plot)
-        last_plot = time.time() if plot else last_plot
-        bar.set_postfix(loss=f"{row['train_loss']:.4f}", val_R10=row["val_R@10"] if row["val_R@10"] == "" else f"{row['val_R@10']:.3f}")
+    for lr_index in range(lr_index, len(args.lr)):
+        lr0 = args.lr[lr_index]
+        torch.manual_seed(args.seed)
+        model = VMNet(**config).to(device)
+        if args.standardize:
+            model.set_input_stats(video_pool.mean(0), video_pool.std(0), audio_pool.mean(0), audio_pool.std(0))
+        optimizer = torch.optim.AdamW(model.parameters(), lr=lr0, weight_decay=args.weight_decay)
+        shuffle = torch.Generator().manual_seed(args.seed)
+        rng = np.random.default_rng(args.seed)
+        start_epoch, step, run_best = 0, 0, None
+        if resume_state is not None and resume_state["lr_index"] == lr_index:
+            model.load_state_dict(resume_state["model"])
+            optimizer.load_state_dict(resume_state["optimizer"])
+            torch.set_rng_state(resume_state["rng"])
+            shuffle.set_state(resume_state["shuffle_rng"])
+            rng.bit_generator.state = resume_state["crop_rng"]
+            start_epoch, step, run_best = resume_state["epoch"], resume_state["step"], resume_state["run_best"]
+        batch = min(args.batch_size, len(train_ids))
+        bar = tqdm(range(start_epoch, args.epochs), desc=f"VM-NET lr {lr0:g}", unit="epoch", initial=start_epoch, total=args.epochs)
+        for epoch in bar:
+            if run_best and args.patience and val_ids and epoch - run_best["epoch"] >= args.patience:
+                break
+            t0 = time.time()
+            model.train()
+            v_all, a_all = crops[0](rng), crops[1](rng)
+            order = torch.randperm(len(train_ids), generator=shuffle)
+            sums = {"total": 0.0, "xy": 0.0, "yx": 0.0, "x": 0.0, "y": 0.0}
+            n_batches = len(train_ids) // batch
+            for b in range(n_batches):
+                lr = lr0 * args.lr_decay ** (step // args.lr_decay_steps)
+                for group in optimizer.param_groups:
+                    group["lr"] = lr
+                idx = order[b * batch:(b + 1) * batch]
+                v, a = v_all[idx].to(device), a_all[idx].to(device)
+                v_emb, a_emb = model(v, a)
+                loss, parts = vmnet_loss(a, v, a_emb, v_emb, args.margin, args.top_k, tuple(args.loss_weights))
+                if not torch.isfinite(loss):
+                    raise stop_non_finite(save_dir, last, history, f"loss is {loss.item()} at epoch {epoch + 1}, step {step}")
+                optimizer.zero_grad()
+                loss.backward()
+                optimizer.step()
+                step += 1
+                sums["total"] += loss.item()
+                for k, val in parts.items():
+                    sums[k] += val.item()
+            row = {"epoch": epoch + 1, "lr_index": lr_index, "train_loss": sums["total"] / n_batches, "lr": lr,
+                   **{f"loss_{k}": sums[k] / n_batches for k in ("xy", "yx", "x", "y")},
+                   "val_R@1": "", "val_R@10": "", "val_MedR": ""}
+            improved_run = improved = True
+            if val_ids:
+                try:
+                    val = validation_scores(model, val_video, val_audio, device)
+                except ValueError as error:
+                    raise stop_non_finite(save_dir, last, history, f"{error} after epoch {epoch + 1}") from None
+                row.update({"val_R@1": val["R@1"], "val_R@10": val["R@10"], "val_MedR": val["MedR"]})
+                key = list(selection_key(val))
+                improved_run = run_best is None or key > run_best["key"]
+                improved = best is None or key > best["key"]
+                if improved_run:
+                    run_best = {"epoch": epoch + 1, "key": key}
+                if improved:
+                    best = {"epoch": epoch + 1, "lr": lr0, "key": key, "R@1": val["R@1"], "R@10": val["R@10"]}
+            else:
+                best = {"epoch": epoch + 1, "lr": lr0}
+            row["seconds"] = round(time.time() - t0, 3)
+            history.append(row)
+            state = {**record, "model": model.state_dict(), "optimizer": optimizer.state_dict(), "epoch": epoch + 1,
+                     "step": step, "lr_index": lr_index, "rng": torch.get_rng_state(), "shuffle_rng": shuffle.get_state(),
+                     "crop_rng": rng.bit_generator.state, "history": history, "best": best, "run_best": run_best}
+            if improved:  # best.pt is for evaluation and retrieval: no optimiser state
+                save_checkpoint(save_dir / "best.pt", {k: v for k, v in state.items() if k not in ("optimizer", "crop_rng")})
+            save_checkpoint(last, state)
+            write_log(save_dir, history, plot=epoch + 1 == args.epochs)
+            bar.set_postfix(loss=f"{row['train_loss']:.4f}", val_R10=row["val_R@10"] if row["val_R@10"] == "" else f"{row['val_R@10']:.3f}")
+        resume_state = None
+        bar.close()
+    write_log(save_dir, history)
+    if val_ids:
+        print(f"best: learning rate {best['lr']:g}, epoch {best['epoch']} (validation R@1 {best['R@1']:.3f}, R@10 {best['R@10']:.3f})",
+              file=sys.stderr)
     return save_dir / "best.pt"
 
 
@@ -254,8 +315,11 @@ def main(argv=None):
     if args.test_csv_path:
         from vmnet.test import evaluate, print_summary
 
-        metrics = evaluate(best, args.test_data_dir, args.test_csv_path, Path(args.save_dir) / "metrics.json",
-                           train_data_dir=args.train_data_dir, train_csv=args.train_csv_path, seed=args.seed)
+        try:
+            metrics = evaluate(best, args.test_data_dir, args.test_csv_path, Path(args.save_dir) / "metrics.json", seed=args.seed)
+        except (ValueError, OSError) as e:
+            print(f"error: {e}", file=sys.stderr)
+            return 1
         print_summary(metrics)
     return 0
 

@@ -31,6 +31,7 @@ tr.gt td { font-weight: bold; background: #e6f4e6; }
 .query { display: flex; gap: 1.5em; align-items: flex-start; flex-wrap: wrap;
          border-top: 1px solid #ccc; padding-top: 1em; margin-top: 1em; }
 .note { color: #a00; }
+.warning { color: #fff; background: #b00; padding: 0.5em; font-weight: bold; }
 img { max-width: 100%; }
 """
 
@@ -112,15 +113,28 @@ def run_label(run):
     return run["name"] if model == run["name"] else f'{run["name"]} ({model})'
 
 
+BASELINES = (("cca", "tuned CCA (mean-pooled)"), ("aligned_linear", "aligned linear (per second)"),
+             ("zeroshot", "zero-shot Wav2CLIP"))
+
+
+def banner(runs):
+    """A warning box for every run whose features came from random (test) weights."""
+    from vmr.evaluation import provenance_banner
+
+    notes = [f'{html.escape(r["name"])}: {html.escape(provenance_banner(r["metrics"].get("provenance")))}'
+             for r in runs if provenance_banner(r["metrics"].get("provenance"))]
+    return "".join(f'<p class="warning">WARNING, {n}</p>' for n in notes)
+
+
 def metrics_table(runs):
-    """One table: for each run and direction the model's row, then chance and CCA on the same gallery."""
+    """One table: for each run and direction the model's row, then its baselines and chance on the same gallery."""
     ks = k_columns(runs)
     head = "".join(f"<th>{k} (%)</th>" for k in ks)
     rows = []
     for run in runs:
         m = run["metrics"]
         baselines = m.get("baselines") or {}
-        chance, cca = directions(baselines.get("chance")), directions(baselines.get("cca"))
+        chance = directions(baselines.get("chance"))
         headline = f', {m["scoring"]} scoring' if m.get("scoring") else ""
         for d, arrow in DIRECTIONS:
             if not m.get(d):
@@ -130,14 +144,12 @@ def metrics_table(runs):
             for scoring, block in (m.get("scorings") or {}).items():  # the Transformer's other track score
                 if scoring != m.get("scoring") and (block or {}).get(d):
                     rows.append(metric_row(f'{run["name"]}, {scoring} scoring, {arrow}', block[d], ks))
+            for key, name in BASELINES:
+                block = directions(baselines.get(key))
+                if d in block:
+                    rows.append(metric_row(f"  {name}, {arrow}", block[d], ks, "baseline"))
             if d in chance:
                 rows.append(metric_row(f"  chance, {arrow}", chance[d], ks, "baseline"))
-            if d in cca:
-                rows.append(metric_row(f"  CCA, {arrow}", cca[d], ks, "baseline"))
-        segment = m.get("segment")
-        for d, arrow in DIRECTIONS:
-            if segment and segment.get(d):
-                rows.append(metric_row(f'{run["name"]} segment level, {arrow}', segment[d], ks))
     return (
         '<table id="metrics"><thead><tr><th>model, gallery, direction</th>'
         + head
@@ -185,12 +197,12 @@ def recall_curves(runs):
         xs = [int(k[2:]) for k in ks]
         line = ax.plot(xs, [block[k] for k in ks], marker="o", label=run_label(run))[0]
         baselines = m.get("baselines") or {}
-        for name, style in (("chance", ":"), ("cca", "--")):
+        for name, style in (("chance", ":"), ("cca", "--"), ("aligned_linear", "-.")):
             base = directions(baselines.get(name)).get("video_to_music")
             if base:
                 bks = [k for k in ks if k in base]
                 ax.plot([int(k[2:]) for k in bks], [base[k] for k in bks], style, color=line.get_color(),
-                        label=f'{run["name"]} {name.upper() if name == "cca" else name}')
+                        label=f'{run["name"]} {dict(BASELINES).get(name, name)}')
     ax.set_xscale("log")
     ks = sorted({int(k[2:]) for k in k_columns(runs)})
     ax.set_xticks(ks, [str(k) for k in ks])
@@ -348,16 +360,18 @@ def render(runs, videos_dir=None, n_queries=3, title="VMR results"):
     )
     train = training_curves(runs)
     body = [
-        f"<h1>{html.escape(title)}</h1><ul>{sources}</ul>",
-        "<h2>Whole-gallery retrieval</h2>"
-        "<p>Recall in %, ranks 1-based with ties counted against the model; chance and CCA on the same test gallery.</p>",
+        f"<h1>{html.escape(title)}</h1>{banner(runs)}<ul>{sources}</ul>",
+        "<h2>Whole-gallery retrieval</h2>" + banner(runs) +
+        "<p>Recall in %, ranks 1-based with ties counted against the model; the baselines (fitted on the training ids, "
+        "tuned on the validation ids) and chance on the same test gallery; every track cut from its own music "
+        "(README, Protocol).</p>",
         metrics_table(runs),
         extras_table(runs),
-        "<h2>Recall@K</h2>",
+        "<h2>Recall@K</h2>" + banner(runs),
         img(recall_curves(runs), "recall at K curves"),
         "<h2>Training</h2>",
         img(train, "training curves") if train else "<p>No train_log.csv in these runs.</p>",
-        "<h2>Example queries</h2>",
+        "<h2>Example queries</h2>" + banner(runs),
         query_sections(runs, videos_dir, n_queries),
     ]
     return (

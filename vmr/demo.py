@@ -1,10 +1,10 @@
 """`make demo`: the whole toolkit end to end on a generated sample, offline, in minutes on a CPU.
 
-    python -m vmnet.demo [--out demo_out] [--full] [--weights auto|official|random]
+    python -m vmr.demo [--out demo_out] [--full] [--weights auto|official|random]
 
 Stages: sample (12 generated clips of 20 s) -> weights (official when they can be had, else
-seeded random ones, said loudly) -> features (resnet, clip, vggish, flow, avpeaks on every clip)
--> prepare (clip + vggish, seeded train/test split) -> i3d (Farneback flow) on the first
+seeded random ones, said loudly) -> features (resnet, clip, vggish, wav2clip, flow, avpeaks on every clip)
+-> prepare (clip + vggish, seeded train/test split; wav2clip rows for the zero-shot row) -> i3d (Farneback flow) on the first
 --i3d_seconds of the held-out clips (every clip, whole, with --full; I3D is the costly model on CPU) -> VM-NET train + test -> Transformer train + test -> retrieval of music
 for one held-out clip with both models -> report.html. Every stage is the command a user would
 type (shown before it runs), so the demo doubles as a walk-through; it prints a one-line summary
@@ -24,7 +24,7 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 EXTRACT = "feature_extraction/extract.py"
-NEEDED_WEIGHTS = ("resnet101", "clip_vit_b32", "vggish", "i3d_rgb", "i3d_flow")
+NEEDED_WEIGHTS = ("resnet101", "clip_vit_b32", "vggish", "i3d_rgb", "i3d_flow", "wav2clip")
 # 20 s clips: segments of at least 4 s and up to 3 breakpoints, so every clip has several segments.
 SEGMENT_FLAGS = ["--min_seconds", "4", "--n_bkps", "3"]
 
@@ -133,6 +133,7 @@ def main(argv=None):
     out = demo.out
     videos, features, data = out / "videos", out / "features", out / "data"
     vmnet_dir, transformer_dir = out / "vmnet", out / "transformer"
+    zeroshot = ["--wav2clip_dir", features / "wav2clip", "--clip_dir", features / "clip"]  # the no-training row
     state = {}
 
     def sample():
@@ -146,7 +147,7 @@ def main(argv=None):
         return summary
 
     def extract():
-        demo.run(EXTRACT, "--videos", videos, "--out", features, "--features", "resnet", "clip", "vggish", "flow", "avpeaks",
+        demo.run(EXTRACT, "--videos", videos, "--out", features, "--features", "resnet", "clip", "vggish", "wav2clip", "flow", "avpeaks",
                  "--weights", state["weights"], "--threads", args.threads, *SEGMENT_FLAGS, "--plot")
         counts = {name: count_files(features / name) for name in ("resnet101", "clip", "vggish", "flow")}
         counts["av_peaks"] = count_files(features / "av_peaks" / "video")
@@ -175,28 +176,29 @@ def main(argv=None):
     def train_vmnet():
         shutil.rmtree(vmnet_dir, ignore_errors=True)
         demo.run("vmnet/train.py", "--train_data_dir", data, "--train_csv_path", data / "train.csv",
-                 "--save_dir", vmnet_dir, "--epochs", args.epochs, "--batch_size", 64, "--threads", args.threads)
+                 "--save_dir", vmnet_dir, "--epochs", args.epochs, "--batch_size", 64, "--threads", args.threads,
+                 "--val_fraction", "0.25")
         return last_log_line(vmnet_dir)
 
     def test_vmnet():
         demo.run("vmnet/test.py", "--test_data_dir", data, "--test_csv_path", data / "test.csv",
-                 "--train_data_dir", data, "--train_csv_path", data / "train.csv",
                  "--checkpoint", vmnet_dir / "best.pt", "--out", vmnet_dir / "metrics.json",
-                 "--peaks_dir", features / "av_peaks")
+                 "--peaks_dir", features / "av_peaks", *zeroshot)
         return metrics_line(vmnet_dir / "metrics.json")
 
     def train_transformer():
         shutil.rmtree(transformer_dir, ignore_errors=True)
         demo.run("transformer/train.py", "--train_data_dir", data, "--train_csv_path", data / "train.csv",
                  "--flow_ranks", features / "flow" / "ranks.csv", "--save_dir", transformer_dir,
-                 "--epochs", args.transformer_epochs, "--threads", args.threads, *SEGMENT_FLAGS)
+                 "--epochs", args.transformer_epochs, "--threads", args.threads, *SEGMENT_FLAGS,
+                 "--val_fraction", "0.25")
         return last_log_line(transformer_dir)
 
     def test_transformer():
         demo.run("transformer/test.py", "--test_data_dir", data, "--test_csv_path", data / "test.csv",
                  "--flow_ranks", features / "flow" / "ranks.csv", "--checkpoint", transformer_dir / "best.pt",
                  "--out", transformer_dir / "metrics.json", "--peaks_dir", features / "av_peaks",
-                 "--compare", vmnet_dir, "--threads", args.threads)
+                 "--compare", vmnet_dir, "--threads", args.threads, *zeroshot)
         return metrics_line(transformer_dir / "metrics.json")
 
     def retrieve():
@@ -210,7 +212,7 @@ def main(argv=None):
         return f"top-5 tracks of {len(list((data / 'audio').glob('*.npy')))} for held-out clip {query.name}, both models (above)"
 
     def report():
-        demo.run("-m", "vmnet.report", "--run", f"VM-NET={vmnet_dir}", "--run", f"Transformer={transformer_dir}",
+        demo.run("-m", "vmr.report", "--run", f"VM-NET={vmnet_dir}", "--run", f"Transformer={transformer_dir}",
                  "--videos", videos, "--out", out / "report.html")
         return f"{out / 'report.html'} ({(out / 'report.html').stat().st_size // 1024} KiB)"
 
