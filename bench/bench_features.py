@@ -2,14 +2,18 @@
 
 Per backbone, on a generated 1-minute 320x240 clip: seconds of video per second of wall time for
 the whole pipeline (decode, frame clock / resampling, preprocessing, model) and for the model alone
-fed the same frames or audio from memory; the ratio pipeline / model is the figure that matters.
-Peak RSS of `extract.py --features resnet clip vggish` on a 1-minute and a 10-minute clip, each in
-a fresh subprocess, shows whether memory grows with video length.
+fed the same frames or audio from memory; the ratio pipeline / model is the figure that matters
+(`cpu_ratio`: the same in CPU seconds, which other processes on a busy machine disturb less).
+`extract.py --features resnet clip vggish` on that clip and on a 10-minute one, each in a fresh
+subprocess: peak RSS (does memory grow with video length?), and the summary's start-up and
+model-loading seconds, for a first run and for a rerun that has nothing to do (it loads no model).
 
     python bench/bench_features.py            # prints the dict that bench/run.py merges
     BENCH_DEVICE=cuda python bench/run.py --only features
+    BENCH_SECONDS=20 BENCH_LONG_SECONDS=60 python bench/bench_features.py   # smaller clips
 """
 import os
+import re
 import subprocess
 import sys
 import tempfile
@@ -54,9 +58,16 @@ class Recorder:
         self.audio.append(samples)
 
 
+def timed(fn):
+    """(wall seconds, CPU seconds of this process, all threads) of fn()."""
+    wall, cpu = time.perf_counter(), time.process_time()
+    fn()
+    return time.perf_counter() - wall, time.process_time() - cpu
+
+
 def throughput(clip, device):
     from feature_extraction import extract
-    from feature_extraction.decode import run_pass
+    from feature_extraction.decode import blas, run_pass
 
     modules = extract.feature_modules()
     args = extract.build_parser(modules).parse_args(
@@ -64,46 +75,58 @@ def throughput(clip, device):
     out = {}
     for token in TOKENS:
         extractor = modules[token].build(args)
+        extractor.load()
         recorder = Recorder(extractor)
-        recorded = run_pass(clip, [recorder])  # also warms up the decoder and resampy's JIT
-        model_s, pipeline_s = [], []
-        for _ in range(2):  # alternated, best of two: the first model call pays one-off costs
-            start = time.perf_counter()
-            extractor.begin(recorded.info)
-            for index, frame in recorder.frames:
-                extractor.add_frame(index, frame)
-            for chunk in recorder.audio:
-                extractor.add_audio(chunk)
-            extractor.end(recorded.t_video, recorded.t_audio)
-            model_s.append(time.perf_counter() - start)
-            start = time.perf_counter()
+        recorded = run_pass(clip, [recorder])  # also warms up the decoder
+
+        def model_only():
+            with blas().limit(limits=1, user_api="blas"):  # as in the pass (numpy's small products)
+                extractor.begin(recorded.info)
+                for index, frame in recorder.frames:
+                    extractor.add_frame(index, frame)
+                for chunk in recorder.audio:
+                    extractor.add_audio(chunk)
+                extractor.end(recorded.t_video, recorded.t_audio)
+
+        def pipeline():
             result = run_pass(clip, [extractor])
             extractor.end(result.t_video, result.t_audio)
-            pipeline_s.append(time.perf_counter() - start)
-        model_s, pipeline_s = min(model_s), min(pipeline_s)
-        seconds = result.seconds_decoded
+
+        model, whole = [], []
+        for _ in range(2):  # alternated, best of two: the first model call pays one-off costs
+            model.append(timed(model_only))
+            whole.append(timed(pipeline))
+        (model_s, model_cpu), (pipeline_s, pipeline_cpu) = map(min, zip(*model)), map(min, zip(*whole))
+        seconds = recorded.seconds_decoded
         out[token] = {
             "video_seconds": round(seconds, 2),
             "pipeline_x_realtime": round(seconds / pipeline_s, 2),
             "model_only_x_realtime": round(seconds / model_s, 2),
             "ratio": round(model_s / pipeline_s, 3),
+            "cpu_ratio": round(model_cpu / pipeline_cpu, 3),  # CPU seconds: less sensitive to other processes
         }
         print(token, out[token], flush=True)
     return out
 
 
-def peak_rss(clip, device, env):
-    """Peak RSS (MiB) of one extraction in a fresh subprocess."""
-    with tempfile.TemporaryDirectory() as out:
-        code = ("import resource, sys; from feature_extraction import extract; "
-                f"code = extract.main(['--videos', {str(clip)!r}, '--out', {out!r}, '--features', *{TOKENS!r}, "
-                f"'--weights', 'random', '--device', {device!r}]); "
-                "print('RSS', resource.getrusage(resource.RUSAGE_SELF).ru_maxrss); sys.exit(code)")
-        p = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, cwd=REPO)
-        if p.returncode != 0:
-            raise RuntimeError(f"extraction failed: {p.stderr[-1000:]}")
-        kib = int(next(line for line in p.stdout.splitlines() if line.startswith("RSS")).split()[1])
-        return round(kib / 1024, 1)
+def extract_run(clip, out, device, env):
+    """`extract.py` in a fresh subprocess: peak RSS (MiB), wall seconds and its summary's start-up and
+    model-loading seconds. The peak is the process's own VmHWM: getrusage's ru_maxrss in a child
+    starts at its parent's resident size (this benchmark's, models loaded) on Linux."""
+    code = ("import sys; from feature_extraction import extract; "
+            f"code = extract.main(['--videos', {str(clip)!r}, '--out', {str(out)!r}, '--features', *{TOKENS!r}, "
+            f"'--weights', 'random', '--device', {device!r}]); "
+            "print('RSS', next(line for line in open('/proc/self/status') if line.startswith('VmHWM')).split()[1]); "
+            "sys.exit(code)")
+    start = time.perf_counter()
+    p = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, cwd=REPO)
+    wall = time.perf_counter() - start
+    if p.returncode != 0:
+        raise RuntimeError(f"extraction failed: {p.stderr[-1000:]}")
+    kib = int(next(line for line in p.stdout.splitlines() if line.startswith("RSS")).split()[1])
+    startup, loading = re.search(r"start-up ([\d.]+) s, model loading ([\d.]+) s", p.stdout).groups()
+    return {"peak_rss_mib": round(kib / 1024, 1), "wall_s": round(wall, 1), "startup_s": float(startup),
+            "model_loading_s": float(loading)}
 
 
 def run():
@@ -116,13 +139,18 @@ def run():
         cache = random_weights_cache(tmp)
         os.environ["VMR_CACHE"] = str(cache)
         env = dict(os.environ, VMR_CACHE=str(cache))
-        clips = {minutes: make_clip(Path(tmp) / f"clip_{minutes}min.mp4", seconds=60 * minutes, width=320, height=240,
-                                    fps=25, motion=[(0, 60 * minutes)]) for minutes in (1, 10)}
-        result = {"device": device, "torch_threads": torch.get_num_threads(), "clip": "320x240 25 fps h264 + aac stereo",
-                  "throughput_1min": throughput(clips[1], device)}
-        rss = {f"{m}min": peak_rss(clips[m], device, env) for m in (1, 10)}
-        rss["ratio_10min_to_1min"] = round(rss["10min"] / rss["1min"], 3)
-        result["peak_rss_mib"] = rss
+        short, long = (float(os.environ.get(name, default)) for name, default in
+                       (("BENCH_SECONDS", 60), ("BENCH_LONG_SECONDS", 600)))
+        clips = {name: make_clip(Path(tmp) / f"{name}.mp4", seconds=seconds, width=320, height=240, fps=25,
+                                 motion=[(0, seconds)]) for name, seconds in (("short", short), ("long", long))}
+        result = {"device": device, "torch_threads": torch.get_num_threads(),
+                  "clip": f"320x240 25 fps h264 + aac stereo 44.1 kHz, {short:g} s and {long:g} s",
+                  "throughput": throughput(clips["short"], device)}
+        runs = {"short": extract_run(clips["short"], Path(tmp) / "out", device, env),
+                "short_nothing_to_do": extract_run(clips["short"], Path(tmp) / "out", device, env),
+                "long": extract_run(clips["long"], Path(tmp) / "out_long", device, env)}
+        runs["rss_ratio_long_to_short"] = round(runs["long"]["peak_rss_mib"] / runs["short"]["peak_rss_mib"], 3)
+        result["extract_py"] = runs
     return result
 
 
