@@ -226,7 +226,8 @@ def ts_piece(path, sample_rate, frequency, offset=0):
     """A 3 s MPEG-TS clip: grey frames numbered by luma (16 + 2 n) at 25 fps, a sine of `frequency` Hz,
     timestamps from `offset` s. Concatenated pieces are what a splice or a restarted stream looks like."""
     run_ffmpeg(["-f", "lavfi", "-i", "color=c=gray:s=64x48:r=25:d=3,format=yuv420p,geq=lum='16+2*N':cb=128:cr=128",
-                "-f", "lavfi", "-i", f"sine=f={frequency}:r={sample_rate}:d=3", "-c:v", "libx264", "-bf", "0", "-c:a", "aac",
+                "-f", "lavfi", "-i", f"sine=f={frequency}:r={sample_rate}:d=3", "-c:v", "libx264", "-bf", "0",
+                "-c:a", "aac",
                 "-output_ts_offset", offset, "-f", "mpegts", path])
     return path.read_bytes()
 
