@@ -26,12 +26,12 @@ def segment_costs(signal, min_size):
     x = x - x.mean()
     s1 = np.concatenate([[0.0], np.cumsum(x)])
     s2 = np.concatenate([[0.0], np.cumsum(x * x)])
-    length = np.arange(len(x) + 1)[None, :] - np.arange(len(x) + 1)[:, None]
-    valid = length >= min_size
-    safe = np.where(valid, length, 1)
-    mean = (s1[None, :] - s1[:, None]) / safe
-    var = np.maximum((s2[None, :] - s2[:, None]) / safe - mean * mean, 0.0)
-    return np.where(valid, safe * np.log(var + 1e-6), np.inf)
+    index = np.arange(len(x) + 1, dtype=np.float64)
+    length = np.maximum(index[None, :] - index[:, None], 1.0)
+    var = np.maximum((s2[None, :] - s2[:, None]) / length - ((s1[None, :] - s1[:, None]) / length) ** 2, 0.0)
+    cost = length * np.log(var + 1e-6)
+    cost[np.tri(len(index), k=min_size - 1, dtype=bool)] = np.inf  # b - a < min_size
+    return cost
 
 
 def optimal_partition(signal, n_bkps, min_size):
