@@ -132,8 +132,8 @@ def test_bad_rows_are_skipped_with_one_line_each(tmp_path, capsys):
     write_items(tmp_path, ["noaudio"], [np.ones((3, 3))], [np.ones((3, 2))])
     (tmp_path / "audio" / "noaudio.npy").unlink()
     ids = ["g1", "nan", "wide", "empty", "noaudio", "../x", "g2"]
-    kept, video, audio = data.load_pooled(tmp_path, ids, max_seconds=3)
-    assert kept == ["g1", "g2"] and video.shape == (2, 3) and audio.shape == (2, 2)
+    kept, video, audio = data.load_sequences(tmp_path, ids, max_seconds=3)
+    assert kept == ["g1", "g2"] and [v.shape for v in video] == [(3, 3), (3, 3)] and [a.shape for a in audio] == [(3, 2), (3, 2)]
     err = capsys.readouterr().err
     for vid, reason in [("nan", "NaN"), ("wide", "dimension 4, expected 3"), ("empty", "shape (0, 3)"),
                         ("noaudio", "missing"), ("../x", "not a plain file name")]:
@@ -141,7 +141,10 @@ def test_bad_rows_are_skipped_with_one_line_each(tmp_path, capsys):
     pair = data.load_pair(tmp_path, "g2")
     assert pair[0].shape == (3, 3) and pair[1].shape == (3, 2)  # rows [0, min(Tv, Ta))
     with pytest.raises(ValueError, match="no usable id"):
-        data.load_pooled(tmp_path, ["nan", "../x"])
+        data.load_sequences(tmp_path, ["nan", "../x"])
+    write_items(tmp_path, ["long"], [np.ones((9, 3))], [np.ones((4, 2))])
+    data.load_pair(tmp_path, "long")
+    assert "long: video 9 s and audio 4 s differ by more than 1 s; only the first 4 s are paired" in capsys.readouterr().err
 
 
 def test_overlapping_csvs_are_an_error_naming_the_ids(tmp_path, capsys):

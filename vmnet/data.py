@@ -12,6 +12,8 @@ from pathlib import Path
 
 import numpy as np
 
+from feature_extraction.base import time_axis_warning
+
 
 def read_ids(csv_path):
     """Ids listed in a CSV (header `ID`, first column) or a headerless `<id>.npy` list."""
@@ -75,16 +77,21 @@ def load_pair(data_dir, vid, max_seconds=None, dims=None):
         tqdm.write(f"{vid}: {reason}", file=sys.stderr)  # keeps the line clear of a running progress bar
         return None
     t = min(len(arrays[0]), len(arrays[1]))
+    warning = time_axis_warning(vid, len(arrays[0]), len(arrays[1]))
+    if warning:
+        from tqdm import tqdm
+
+        tqdm.write(warning, file=sys.stderr)
     if max_seconds is not None:
         t = min(t, int(max_seconds))
     return arrays[0][:t].astype(np.float32), arrays[1][:t].astype(np.float32)
 
 
-def load_pooled(data_dir, ids, max_seconds=None, dims=None, desc="loading"):
-    """Mean-pooled features of every good id: (ids, video (n, Dv), audio (n, Da)) float32.
+def load_sequences(data_dir, ids, max_seconds=None, dims=None, desc="loading"):
+    """Per-second rows of every good id: (ids, list of video (T, Dv), list of audio (T, Da)) float32.
 
-    Dimensions come from the first good pair unless `dims` is given. Raises ValueError
-    when nothing is left.
+    Widths are enforced: `dims` = (Dv, Da), or the first good pair's. Bad ids print `id: reason` and are
+    skipped; raises ValueError when nothing is left.
     """
     from tqdm import tqdm
 
@@ -95,13 +102,13 @@ def load_pooled(data_dir, ids, max_seconds=None, dims=None, desc="loading"):
             continue
         dims = dims or (pair[0].shape[1], pair[1].shape[1])
         kept.append(vid)
-        video.append(pair[0].mean(axis=0))
-        audio.append(pair[1].mean(axis=0))
+        video.append(pair[0])
+        audio.append(pair[1])
     if not kept:
         raise ValueError(f"{data_dir}: no usable id out of {len(ids)}")
     if len(kept) < len(ids):
         print(f"{data_dir}: {len(ids) - len(kept)} of {len(ids)} ids skipped", file=sys.stderr)
-    return kept, np.stack(video), np.stack(audio)
+    return kept, video, audio
 
 
 def check_overlap(train_ids, test_ids):

@@ -14,11 +14,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from vmnet.data import feature_names, read_ids
+from vmnet.data import feature_names, load_sequences, read_ids
 from vmnet.model import embed_rows, model_from_checkpoint
 from vmr import metrics as M
 from vmr.evaluation import (add_common_arguments, baseline_rows, check_test_split, common_blocks, groups_of,
-                            load_sequences, print_common, score_blocks, sha256_file, table, top_tracks, write_outputs)
+                            print_common, score_blocks, sha256_file, table, top_tracks, write_outputs)
 
 
 def evaluate(checkpoint, test_data_dir, test_csv, out, groups_csv=None, peaks_dir=None, fad_dir=None,

@@ -29,10 +29,9 @@ import numpy as np
 import torch
 
 from feature_extraction.atomic import atomic_path, write_text
-from vmnet.data import check_dims, check_overlap, feature_names, read_ids
+from vmnet.data import check_dims, check_overlap, feature_names, load_sequences, read_ids
 from vmnet.losses import vmnet_loss
 from vmnet.model import VMNet, embed_rows
-from vmr.evaluation import load_sequences
 from vmr.metrics import check_finite, retrieval_metrics, selection_key
 from vmr.runs import check_resume_flags, feature_provenance, prepare_run_dir
 
@@ -49,7 +48,7 @@ PRESETS = {
 LOG_COLUMNS = ["epoch", "lr_index", "train_loss", "val_R@1", "val_R@10", "val_MedR", "seconds", "loss_xy", "loss_yx",
                "loss_x", "loss_y", "lr"]
 # flags that define the run; the rest (paths to outputs, epochs, resume) may change on --resume
-RUN_FLAGS = ["preset", "margin", "top_k", "lr", "dropout", "weight_decay", "crop", "batch_size", "patience", "standardize",
+RUN_FLAGS = ["preset", "margin", "top_k", "lr", "dropout", "weight_decay", "crop", "augment", "batch_size", "patience", "standardize",
              "lr_decay", "lr_decay_steps", "loss_weights", "num_layers_music", "num_layers_video", "embed_dim",
              "val_fraction", "max_seconds", "seed"]
 
@@ -71,6 +70,7 @@ def parse_args(argv=None):
     p.add_argument("--weight_decay", type=float, help="AdamW weight decay (tuned 1e-2, paper 0)")
     p.add_argument("--dropout", type=float, help="dropout probability (tuned 0.5, paper 0.1 = keep_prob 0.9)")
     p.add_argument("--crop", type=float, help="random-crop pooling: shortest window as a share of an item's seconds; 0 = whole items (tuned 0.5, paper 0)")
+    p.add_argument("--augment", choices=("crop", "paired", "bootstrap"), default="crop", help="crop windows: crop = separate for video and audio, paired = the same seconds, bootstrap = seconds resampled (default crop)")
     p.add_argument("--standardize", type=int, choices=(0, 1), help="1: standardise inputs with the training split's mean and std (tuned 1, paper 0)")
     p.add_argument("--lr_decay", type=float, default=0.96, help="staircase decay factor (default 0.96, the paper's, every --lr_decay_steps)")
     p.add_argument("--lr_decay_steps", type=int, default=1000, help="steps between learning-rate decays (default 1000)")
@@ -165,20 +165,35 @@ def plain_args(args):
 
 
 class CropPooler:
-    """Mean-pooled rows of each item over a random window of at least `crop` of its seconds (crop 0: whole items)."""
+    """Each epoch's training rows: every item's video and audio rows mean-pooled over a random window of at least
+    `crop` of its seconds (crop 0: whole items). augment "crop": separate windows for video and audio; "paired":
+    one window for both (the same seconds); "bootstrap": both averaged over the same T seconds drawn with replacement."""
 
-    def __init__(self, sequences, crop):
-        self.crop = crop
-        self.sums = [np.concatenate([np.zeros((1, s.shape[1]), np.float32), np.cumsum(s, 0, dtype=np.float32)]) for s in sequences]
+    def __init__(self, video, audio, crop, augment="crop"):
+        self.crop, self.augment, self.video, self.audio = crop, augment, video, audio
+        cumsum = lambda s: np.concatenate([np.zeros((1, s.shape[1]), np.float32), np.cumsum(s, 0, dtype=np.float32)])  # noqa: E731
+        self.sums = [(cumsum(v), cumsum(a)) for v, a in zip(video, audio)]
+
+    def window(self, rng, t):
+        width = t if self.crop <= 0 else max(1, int(round(t * rng.uniform(self.crop, 1.0))))
+        start = int(rng.integers(0, t - width + 1))
+        return start, width
 
     def __call__(self, rng):
-        out = []
-        for sums in self.sums:
-            t = len(sums) - 1
-            width = t if self.crop <= 0 else max(1, int(round(t * rng.uniform(self.crop, 1.0))))
-            start = int(rng.integers(0, t - width + 1))
-            out.append((sums[start + width] - sums[start]) / width)
-        return torch.from_numpy(np.stack(out))
+        video, audio = [], []
+        for (sv, sa), v, a in zip(self.sums, self.video, self.audio):
+            t = len(sv) - 1
+            if self.augment == "bootstrap":
+                rows = rng.integers(0, t, size=t)
+                video.append(v[rows].mean(0))
+                audio.append(a[rows].mean(0))
+                continue
+            start, width = self.window(rng, t)
+            video.append((sv[start + width] - sv[start]) / width)
+            if self.augment == "crop":
+                start, width = self.window(rng, t)
+            audio.append((sa[start + width] - sa[start]) / width)
+        return torch.from_numpy(np.stack(video).astype(np.float32)), torch.from_numpy(np.stack(audio).astype(np.float32))
 
 
 def train(args):
@@ -202,8 +217,7 @@ def train(args):
         check_dims(args.test_data_dir, read_ids(args.test_csv_path), dims)
     pool = lambda rows: np.stack([r.mean(0) for r in rows]) if rows else None  # noqa: E731
     video_pool, audio_pool, val_video, val_audio = pool(train_v), pool(train_a), pool(val_v), pool(val_a)
-    crops = CropPooler(train_v, args.crop), CropPooler(train_a, args.crop)
-    del train_v, train_a
+    crops = CropPooler(train_v, train_a, args.crop, args.augment)
 
     config = {"video_dim": dims[0], "audio_dim": dims[1], "num_layers_video": args.num_layers_video,
               "num_layers_music": args.num_layers_music, "embed_dim": args.embed_dim, "dropout": args.dropout}
@@ -245,7 +259,7 @@ def train(args):
                 break
             t0 = time.time()
             model.train()
-            v_all, a_all = crops[0](rng), crops[1](rng)
+            v_all, a_all = crops(rng)
             order = torch.randperm(len(train_ids), generator=shuffle)
             sums = {"total": 0.0, "xy": 0.0, "yx": 0.0, "x": 0.0, "y": 0.0}
             n_batches = len(train_ids) // batch

@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from feature_extraction.atomic import write_json
-from vmnet.data import check_overlap, load_pair, read_groups
+from vmnet.data import check_overlap, load_sequences, read_groups
 from vmr import metrics as M
 from vmr.baselines import tuned_aligned_linear, tuned_cca
 from vmr.runs import check_provenance, random_weight_kinds
@@ -33,26 +33,6 @@ def check_test_split(ckpt, test_data_dir, test_ids, what):
     """Steps 2 of the protocol: no training or validation id in the test ids; the same feature provenance."""
     check_overlap(list(ckpt.get("train_ids", [])) + list(ckpt.get("val_ids", [])), test_ids)
     return check_provenance(ckpt.get("provenance"), test_data_dir, what)
-
-
-def load_sequences(data_dir, ids, max_seconds, dims, desc):
-    """Per-second rows of the good ids: (ids, list of video (T, Dv), list of audio (T, Da)).
-
-    Widths are enforced: `dims` = (Dv, Da), or the first good pair's. Bad ids are reported on stderr and skipped.
-    """
-    from tqdm import tqdm
-
-    kept, video, audio = [], [], []
-    for vid in tqdm(ids, desc=desc, unit="id", leave=False):
-        pair = load_pair(data_dir, vid, max_seconds, dims)
-        if pair is not None:
-            dims = dims or (pair[0].shape[1], pair[1].shape[1])
-            kept.append(vid)
-            video.append(pair[0])
-            audio.append(pair[1])
-    if len(kept) < len(ids):
-        print(f"{data_dir}: {len(ids) - len(kept)} of {len(ids)} ids skipped", file=sys.stderr)
-    return kept, video, audio
 
 
 def score_blocks(v2m, m2v, groups, what, with_ranks=True):

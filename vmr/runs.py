@@ -74,11 +74,14 @@ def check_folder(trained_on, kind, folders, what):
     ("video" or "audio"). A checkpoint written before provenance was recorded is let through with a warning."""
     import sys
 
+    folders = list(dict.fromkeys(Path(f) for f in folders))
+    if not folders:
+        return
     if trained_on is None:
         print(f"{what}: the checkpoint records no feature provenance (an older checkpoint); not checked", file=sys.stderr)
         return
     expected = trained_on.get(kind)
-    for folder in dict.fromkeys(Path(f) for f in folders):
+    for folder in folders:
         path = folder / "_feature.json"
         found = json.loads(path.read_text()) if path.is_file() else None
         if found != expected:
