@@ -70,7 +70,8 @@ def evaluate(checkpoint, test_data_dir, test_csv, out, flow_ranks=None, segments
         matrices[name] = score_matrices(embedded["video_seq"], embedded["audio_seq"], embedded["video"], embedded["audio"],
                                         name, rerank, what=f"Transformer ({name}, test)")
         blocks[name] = score_blocks(*matrices[name], groups, f"Transformer ({name}, test)", with_ranks=name == scoring)
-    blocks["aligned" if "aligned" in blocks else "pooled"]["rerank"] = rerank if 0 < rerank < n else n
+    if "aligned" in blocks:
+        blocks["aligned"]["rerank"] = rerank if 0 < rerank < n else n
     v2m = matrices[scoring][0]
     tops = top_tracks(v2m, ids, shown=shown_score)
     top1 = [t[0]["id"] for t in tops]
