@@ -188,6 +188,9 @@ def test_cli_train_test_with_groups_overwrite_and_provenance(tmp_path, capsys):
     assert transformer_test.main(common + ["--out", str(tmp_path / "p" / "metrics.json")]) == 1
     err = capsys.readouterr().err
     assert "audio features of" in err and "are vggish_pca" in err and "trained on synthetic-audio" in err
+    (tmp_path / "data" / "audio" / "_feature.json").write_text(json.dumps({**prov, "options": {**prov["options"], "seed": 7}}))
+    assert transformer_test.main(common + ["--out", str(tmp_path / "p" / "metrics.json")]) == 1
+    assert "differing: options.seed 7 (checkpoint 0)" in capsys.readouterr().err
 
 
 def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path, capsys, monkeypatch):
@@ -207,3 +210,28 @@ def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path, capsys, mon
     err = capsys.readouterr().err
     assert "loss is nan" in err and "last good checkpoint" in err and "(epoch 1)" in err
     assert torch.load(tmp_path / "run" / "last.pt", weights_only=True)["epoch"] == 1
+
+
+def test_test_data_of_another_width_fails_before_training_and_in_test(tmp_path, capsys):
+    write_small(tmp_path / "data", 30, 6)
+    other = Settings(n=6, video_dim=20, audio_dim=16, latent=4, genres=2, min_len=24, max_len=30, segments=(2, 3))
+    write_dataset(tmp_path / "other", generate(other), 6, other)
+    (tmp_path / "other" / "test.csv").write_text((tmp_path / "other" / "test.csv").read_text().replace("pair", "pair9"))
+    for p in (tmp_path / "other").glob("*/pair*.npy"):
+        p.rename(p.with_name(p.name.replace("pair", "pair9")))
+    for kind in ("video", "audio"):  # the same provenance record: only the widths differ
+        (tmp_path / "other" / kind / "_feature.json").write_text((tmp_path / "data" / kind / "_feature.json").read_text())
+    args = ["--train_data_dir", str(tmp_path / "data"), "--train_csv_path", str(tmp_path / "data" / "train.csv"),
+            "--test_data_dir", str(tmp_path / "other"), "--test_csv_path", str(tmp_path / "other" / "test.csv"),
+            "--flow_ranks", str(tmp_path / "data" / "flow" / "ranks.csv"), "--save_dir", str(tmp_path / "run"),
+            "--threads", "1", "--epochs", "1"]
+    assert train.main(args) == 1
+    assert "has video/audio widths 20/16, the training data 32/16" in capsys.readouterr().err
+    assert not (tmp_path / "run" / "last.pt").exists()  # nothing was trained
+    assert train.main(args[:4] + args[8:]) == 0
+    from transformer import test as transformer_test
+
+    rc = transformer_test.main(["--checkpoint", str(tmp_path / "run" / "best.pt"), "--test_data_dir", str(tmp_path / "other"),
+                                "--test_csv_path", str(tmp_path / "other" / "test.csv"), "--out", str(tmp_path / "m.json")])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert rc == 1 and err[-1].startswith("error: ") and "widths 20/16, the training data 32/16" in err[-1]

@@ -53,6 +53,17 @@ def describe(prov):
     return f"{prov.get('model')} ({prov.get('weights')} weights, sha256 {str(prov.get('sha256'))[:12]}{extra})"
 
 
+def differences(found, expected):
+    """'; differing: options.seed 1 (checkpoint 0), ...' when two records look the same in describe(), else ''."""
+    if found is None or expected is None or describe(found) != describe(expected):
+        return ""
+    flat = lambda d: {f"{k}.{o}" if isinstance(v, dict) else k: (v[o] if isinstance(v, dict) else v)  # noqa: E731
+                      for k, v in d.items() for o in (v if isinstance(v, dict) else [None])}
+    a, b = flat(found), flat(expected)
+    shown = [f"{k} {a.get(k)!r} (checkpoint {b.get(k)!r})" for k in sorted(set(a) | set(b)) if a.get(k) != b.get(k)]
+    return "; differing: " + ", ".join(shown[:5])
+
+
 def check_provenance(trained_on, data_dir, what):
     """Raise ValueError when DATA_DIR's features differ in kind or weights from the checkpoint's, whatever their width."""
     found = feature_provenance(data_dir)
@@ -60,7 +71,7 @@ def check_provenance(trained_on, data_dir, what):
         a, b = (trained_on or {}).get(kind), found[kind]
         if a != b:
             raise ValueError(f"{what}: {kind} features of {Path(data_dir) / kind} are {describe(b)}, "
-                             f"the checkpoint was trained on {describe(a)}")
+                             f"the checkpoint was trained on {describe(a)}{differences(b, a)}")
     return found
 
 
@@ -86,4 +97,4 @@ def check_folder(trained_on, kind, folders, what):
         found = json.loads(path.read_text()) if path.is_file() else None
         if found != expected:
             raise ValueError(f"{what}: {kind} features in {folder} are {describe(found)}, "
-                             f"the checkpoint was trained on {describe(expected)}")
+                             f"the checkpoint was trained on {describe(expected)}{differences(found, expected)}")
