@@ -202,3 +202,26 @@ def test_evaluate_cli_prints_the_rows_beside_chance(gallery, capsys):
     assert "zero-shot v->m" in text and "zero-shot m->v" in text and "chance" in text
     written = json.loads(out.read_text())
     assert written["gallery"] == 6 and written["video_to_music"]["R@1"] == 1.0 and written["chance"]["R@1"] == 1 / 6
+
+
+def test_model_evaluation_shows_the_zeroshot_row(gallery, capsys):
+    """vmnet/test.py --wav2clip_dir: the zero-shot row sits beside the model, its baselines and chance."""
+    from vmnet import test as vmnet_test, train as vmnet_train
+    from vmr import report
+    from zeroshot.evaluate import zeroshot_metrics
+
+    root, ids = gallery
+    (root / "DATA" / "train.csv").write_text("ID\n" + "".join(f"{v}\n" for v in ids[:4]))
+    (root / "DATA" / "test.csv").write_text("ID\n" + "".join(f"{v}\n" for v in ids[4:]))
+    assert vmnet_train.main(["--train_data_dir", str(root / "DATA"), "--train_csv_path", str(root / "DATA" / "train.csv"),
+                             "--save_dir", str(root / "run"), "--epochs", "1", "--val_fraction", "0", "--lr", "1e-3"]) == 0
+    out = root / "run" / "metrics.json"
+    assert vmnet_test.main(["--checkpoint", str(root / "run" / "best.pt"), "--test_data_dir", str(root / "DATA"),
+                            "--test_csv_path", str(root / "DATA" / "test.csv"), "--out", str(out),
+                            "--wav2clip_dir", str(root / "features" / "wav2clip"), "--clip_dir", str(root / "features" / "clip")]) == 0
+    assert "zero-shot Wav2CLIP v->m" in capsys.readouterr().out
+    m = json.loads(out.read_text())
+    assert m["baselines"]["zeroshot"] == zeroshot_metrics(root / "features" / "clip", root / "features" / "wav2clip", ids[4:],
+                                                          with_ranks=False)
+    assert report.main(["--run", f"VM-NET={root / 'run'}", "--out", str(root / "report.html")]) == 0
+    assert "zero-shot Wav2CLIP, video → music" in (root / "report.html").read_text()
