@@ -225,3 +225,7 @@ def test_model_evaluation_shows_the_zeroshot_row(gallery, capsys):
                                                           with_ranks=False)
     assert report.main(["--run", f"VM-NET={root / 'run'}", "--out", str(root / "report.html")]) == 0
     assert "zero-shot Wav2CLIP, video → music" in (root / "report.html").read_text()
+    # without the flags: DATA's links point into features/, where clip/ and wav2clip/ sit side by side
+    assert vmnet_test.main(["--checkpoint", str(root / "run" / "best.pt"), "--test_data_dir", str(root / "DATA"),
+                            "--test_csv_path", str(root / "DATA" / "test.csv"), "--out", str(root / "auto.json")]) == 0
+    assert json.loads((root / "auto.json").read_text())["baselines"]["zeroshot"] == m["baselines"]["zeroshot"]

@@ -94,15 +94,33 @@ def groups_of(groups_csv, ids):
     return [table.get(vid, vid) for vid in ids]
 
 
+def zeroshot_folders(test_data_dir, ids, clip_dir=None, wav2clip_dir=None):
+    """(clip rows folder, wav2clip rows folder) for the zero-shot row, or None.
+
+    Without flags: the `clip` and `wav2clip` folders beside the feature folders that DATA's symlinks point
+    into (vmnet/prepare.py links DATA/video/<id>.npy to FEATURES/clip/<id>.npy), when they hold every id.
+    """
+    if not ids:
+        return None
+    features = Path(test_data_dir, "audio", f"{ids[0]}.npy").resolve().parent.parent
+    clip_dir = Path(clip_dir or features / "clip")
+    wav2clip_dir = Path(wav2clip_dir or features / "wav2clip")
+    if all((clip_dir / f"{vid}.npy").is_file() and (wav2clip_dir / f"{vid}.npy").is_file() for vid in ids):
+        return clip_dir, wav2clip_dir
+    return None
+
+
 def common_blocks(ckpt, test_data_dir, ids, video, audio, top1, groups, max_seconds, peaks_dir, fad_dir,
                   av_align_variant, seed, clip_dir, wav2clip_dir):
     """What every model's metrics.json holds besides its own rows: baselines, zero-shot, FAD, AV-Align."""
     out = {"baselines": baselines(ckpt, video, audio, groups, max_seconds)}
-    if wav2clip_dir:
+    folders = zeroshot_folders(test_data_dir, ids, clip_dir, wav2clip_dir)
+    if folders:
         from zeroshot.evaluate import zeroshot_metrics
 
-        out["baselines"]["zeroshot"] = zeroshot_metrics(clip_dir or Path(test_data_dir) / "video", wav2clip_dir, ids,
-                                                        groups, with_ranks=False)
+        out["baselines"]["zeroshot"] = zeroshot_metrics(*folders, ids, groups, with_ranks=False)
+    elif wav2clip_dir:
+        raise ValueError(f"--wav2clip_dir {wav2clip_dir}: no clip and wav2clip rows for every test id")
     prov = ckpt.get("provenance") or {}
     if fad_dir is None and "vggish" in str((prov.get("audio") or {}).get("model", "")).lower():
         fad_dir = Path(test_data_dir) / "audio"
@@ -162,7 +180,8 @@ def add_common_arguments(p):
     p.add_argument("--av_align_variant", choices=("2025", "2023"), default="2025",
                    help="2025: one-to-one matching (bounded by 1); 2023: a video peak may match several audio peaks (default 2025)")
     p.add_argument("--fad_dir", help="folder of per-second VGGish rows <id>.npy for FAD (default: the test audio folder when it is VGGish)")
-    p.add_argument("--wav2clip_dir", help="wav2clip rows of the test tracks: adds the zero-shot row (default: none)")
-    p.add_argument("--clip_dir", help="clip rows of the test videos for the zero-shot row (default: the test video folder)")
+    p.add_argument("--wav2clip_dir", help="wav2clip rows of the test tracks for the zero-shot row (default: the wav2clip folder "
+                                          "beside the feature folder the test audio links point into, when it has every id)")
+    p.add_argument("--clip_dir", help="clip rows of the test videos for the zero-shot row (default: the clip folder beside it)")
     p.add_argument("--max_seconds", type=int, help="use only the first N seconds (default: as in training)")
     p.add_argument("--seed", type=int, default=0, help="seed of the batch-1024 extra and the shuffled baselines (default 0)")
