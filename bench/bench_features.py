@@ -24,12 +24,12 @@ REPO = Path(__file__).resolve().parents[1]
 TOKENS = ["resnet", "clip", "vggish"]
 
 
-def random_weights_cache(tmp):
-    """$VMR_CACHE if its random/ folder is complete, else a temp cache written by weights.py --random."""
+def random_weights_cache(tmp, names=("resnet101", "clip_vit_b32", "vggish", "vggish_pca")):
+    """$VMR_CACHE if its random/ folder holds the checkpoints `names`, else a temp cache written by weights.py --random."""
     from feature_extraction import weights
 
     cache = Path(os.environ.get("VMR_CACHE", Path.home() / ".cache" / "vmr"))
-    needed = [weights.CHECKPOINTS[n].filename for n in ("resnet101", "clip_vit_b32", "vggish", "vggish_pca")]
+    needed = [weights.CHECKPOINTS[n].filename for n in names]
     if all((cache / "random" / name).exists() for name in needed):
         return cache
     cache = Path(tmp) / "cache"

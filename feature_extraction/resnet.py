@@ -4,12 +4,14 @@ The architecture is torchvision's (stride 2 on the 3x3 conv), built with weights
 from our cached IMAGENET1K_V1 state dict (resnet101-63fe2227.pth / resnet50-0676ba61.pth), with fc
 removed: a row is the post-ReLU global-average-pool vector, as video_features writes it.
 Preprocessing is torchvision's ImageClassification preset: short side to 256 (bilinear,
-antialiased), center crop 224, ImageNet mean/std.
+antialiased), center crop 224, ImageNet mean/std. The network runs as inference.prepare makes it
+(frozen with oneDNN fusion on CPU; --precision on CUDA).
 """
 import torch
 import torchvision
 from torch import nn
 
+from feature_extraction import inference
 from feature_extraction.atomic import atomic_path
 from feature_extraction.framewise import FramewiseExtractor, ImagePreprocess, provenance
 
@@ -62,10 +64,17 @@ def add_arguments(parser):
 def build(args):
     from feature_extraction.weights import checkpoint_path
 
-    depth = args.resnet
+    depth, precision = args.resnet, args.precision
+    inference.check_precision(precision, args.device)
     name = f"resnet{depth}"
     path = checkpoint_path(name, args.weights)
-    info = provenance(name, name, args.weights,
-                      {"preprocess": "resize256-bilinear-antialias/crop224/imagenet-norm", "frame_offset": 0.5})
-    return FramewiseExtractor("resnet", name, lambda: load_model(path, depth).to(args.device), PREPROCESS, info,
-                              args.batch_size, args.device)
+    options = {"preprocess": "resize256-bilinear-antialias/crop224/imagenet-norm", "frame_offset": 0.5}
+    if precision != "float32":  # absent means float32, as in folders made before the flag
+        options["precision"] = precision
+    info = provenance(name, name, args.weights, options)
+
+    def load():
+        example = torch.zeros(1, 3, PREPROCESS.crop, PREPROCESS.crop)
+        return inference.prepare(load_model(path, depth), example, args.device, precision)
+
+    return FramewiseExtractor("resnet", name, load, PREPROCESS, info, args.batch_size, args.device)

@@ -15,6 +15,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from feature_extraction import inference
 from feature_extraction.atomic import atomic_path
 from feature_extraction.base import Extractor, InputError
 
@@ -241,4 +242,8 @@ def build(args):
         postprocess = PCA(weights.checkpoint_path("vggish_pca", args.weights)) if pca else None
     except ValueError as e:
         raise weights.WeightsError(str(e)) from None
-    return VGGishExtractor(lambda: load_model(path).to(args.device), postprocess, info, args.batch_size, args.device)
+
+    def load():
+        return inference.prepare(load_model(path), torch.zeros(1, EXAMPLE_FRAMES, N_MELS), args.device)
+
+    return VGGishExtractor(load, postprocess, info, args.batch_size, args.device)

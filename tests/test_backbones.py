@@ -9,7 +9,7 @@ import torchvision
 from PIL import Image
 
 from feature_extraction import clip as our_clip
-from feature_extraction import resnet
+from feature_extraction import inference, resnet
 from feature_extraction.base import Extractor
 from feature_extraction.decode import run_pass
 
@@ -99,6 +99,20 @@ def test_resnet101_matches_torchvision(torchvision_resnet101):
     assert (got >= 0).all()  # the post-ReLU average pool
 
 
+def test_prepared_resnet101_equals_eager_float32(weights_cache, torchvision_resnet101):
+    """inference.prepare: channels_last, traced and frozen (BatchNorm folded, oneDNN fusion), at other batch sizes
+    than the traced one, gives the eager float32 output."""
+    fast = resnet.load_model(weights_cache / "random" / "resnet101-63fe2227.pth", 101)
+    x = random_images(3, 96)
+    fast = inference.prepare(fast, x[:1], "cpu")
+    graph = str(fast.network.graph)
+    assert "conv" in graph and "batch_norm" not in graph  # folded into the convolutions
+    with torch.inference_mode():
+        want = torchvision_resnet101[1](x)
+    torch.testing.assert_close(fast(x), want, rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(fast(x[:2]), want[:2], rtol=1e-4, atol=1e-5)
+
+
 @pytest.mark.parametrize("depth", [50, 101])
 def test_random_resnet_checkpoint_has_official_layout(weights_cache, depth):
     name = {50: "resnet50-0676ba61.pth", 101: "resnet101-63fe2227.pth"}[depth]
@@ -128,7 +142,7 @@ def test_resnet_extractor_rows_match_reference_pipeline(weights_cache, torchvisi
     from feature_extraction.make_sample import make_clip
 
     path = make_clip(tmp_path / "v.mp4", seconds=2.4, width=160, height=120, motion=[(0, 2.4)])
-    args = argparse.Namespace(resnet=101, weights="random", device="cpu", batch_size=1)
+    args = argparse.Namespace(resnet=101, weights="random", device="cpu", batch_size=1, precision="float32")
     extractor, grab = resnet.build(args), Grab()
     result = run_pass(path, [extractor, grab])
     rows = extractor.end(result.t_video, result.t_audio)["resnet101/v.npy"]
@@ -162,6 +176,17 @@ def test_random_clip_archive_matches_openai_visual(weights_cache):
     assert got.shape == (2, 512)
     torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-5)
     assert_not_degenerate(got)
+
+
+def test_prepared_clip_equals_eager_float32(weights_cache):
+    visual = our_clip.load_visual(weights_cache / "random" / "ViT-B-32.pt")
+    x = random_images(3, 224, seed=4)
+    with torch.inference_mode():
+        want = visual(x)
+    fast = inference.prepare(visual, x[:1], "cpu")
+    assert isinstance(fast.network, torch.jit.ScriptModule)
+    torch.testing.assert_close(fast(x), want, rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(fast(x[2:]), want[2:], rtol=1e-4, atol=1e-5)
 
 
 def test_tiny_clip_archive_shapes_are_inferred(tmp_path):
@@ -198,7 +223,7 @@ def test_clip_l2_writes_unit_rows_into_its_own_folder(tmp_path, monkeypatch):
 
     path = make_clip(tmp_path / "v.mp4", seconds=3.2, motion=[(0, 3.2)])
     for l2, folder in ((False, "clip"), (True, "clip_l2")):
-        args = argparse.Namespace(clip_l2=l2, weights="random", device="cpu", batch_size=2)
+        args = argparse.Namespace(clip_l2=l2, weights="random", device="cpu", batch_size=2, precision="float32")
         extractor = our_clip.build(args)
         assert list(extractor.outputs()) == [folder] and extractor.files("v") == [f"{folder}/v.npy"]
         result = run_pass(path, [extractor])

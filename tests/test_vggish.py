@@ -10,7 +10,7 @@ import soundfile
 import torch
 from torchvggish import torchvggish, vggish_input
 
-from feature_extraction import vggish
+from feature_extraction import inference, vggish
 from feature_extraction.base import VideoInfo
 
 REPO = Path(__file__).resolve().parents[1]
@@ -67,6 +67,19 @@ def test_network_matches_torchvggish(ours, reference):
     torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-5)
     assert got.std() > 0 and (got == 0).float().mean() < 0.5 and (got >= 0).all()  # final ReLU kept
     assert not torch.allclose(got[0], got[1])
+
+
+def test_prepared_network_equals_eager_float32(weights_cache, ours):
+    """inference.prepare (channels_last, traced and frozen: oneDNN fusion) gives the eager float32 output,
+    at batch sizes other than the traced one."""
+    fast = vggish.load_model(weights_cache / "random" / "vggish-10086976.pth")  # prepare converts it in place
+    x = torch.from_numpy(vggish.examples_per_second(waveform(3.0, seed=2))).float()
+    fast = inference.prepare(fast, x[:1], "cpu")
+    assert isinstance(fast.network, torch.jit.ScriptModule)
+    with torch.inference_mode():
+        want = ours(x)
+    torch.testing.assert_close(fast(x), want, rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(fast(x[1:]), want[1:], rtol=1e-4, atol=1e-5)
 
 
 def test_pca_matches_torchvggish_postprocessor(weights_cache, ours, reference):
