@@ -11,7 +11,7 @@ DEVICE ?= cpu
 ARGS ?=
 PYTEST_ARGS ?=
 
-.PHONY: setup sysdeps test demo features weights bench lists notebooks
+.PHONY: setup setup-gpu sysdeps test demo features weights bench lists notebooks
 
 setup: $(STAMP)
 
@@ -21,6 +21,11 @@ $(STAMP): requirements.txt pyproject.toml
 	$(PY) -m pip install -q --no-deps --no-build-isolation -e .
 	rm -f $(VENV)/.installed-*
 	touch $@
+
+# Optional GPU extra: NVML bindings, so that bench/gpu.py reports the video decoder's (NVDEC) utilisation.
+# Decoding on NVDEC itself needs nothing more: PyAV's bundled FFmpeg has the CUDA hwaccels.
+setup-gpu: setup
+	$(PY) -m pip install -q nvidia-ml-py==13.615.71
 
 # System packages the tests drive for real: a one-node Slurm cluster and headless Chromium.
 SYS_PKGS := slurmctld slurmd slurm-client munge chromium chromium-driver
