@@ -7,8 +7,8 @@ extractors call with float32 inputs (first dimension = batch); it returns float3
   torch.jit.freeze, so BatchNorm is folded into the convolutions and oneDNN fuses conv + ReLU; run
   under torch.inference_mode. Outputs equal the eager float32 network within
   assert_close(rtol=1e-4, atol=1e-5) (tests/test_backbones.py, tests/test_vggish.py).
-  torch.compile gave about the same speed (1.1-1.2x over eager at batch 16) after 55-80 s of
-  compiling on 2 cores, so it is not used.
+  torch.compile ran within 15 % of this speed after 11-125 s of compiling on 2 cores (tracing and
+  freezing take 0.6-7 s), so it is not used (bench/bench_networks.py measures both).
 - CUDA: channels_last and torch.autocast to float16 or bfloat16 when `precision` says so
   (LayerNorm, softmax and reductions stay in float32 under autocast).
 The callable is a `SharedBatches`: calls from several threads (one per video in flight) that wait
@@ -40,8 +40,8 @@ def channels_last(x):
 
 
 def prepare(model, example, device="cpu", precision="float32"):
-    """A SharedBatches running `model` on `device` in `precision`; `example` is one float32 input batch
-    (on the CPU) that the float32 CPU network is traced with."""
+    """A SharedBatches running `model` (moved and converted in place) on `device` in `precision`; `example`
+    is one float32 input batch (on the CPU) that the float32 CPU network is traced with."""
     device, dtype = torch.device(device), PRECISIONS[precision]
     network = model.eval().to(device, memory_format=torch.channels_last)
     if dtype == torch.float32 and device.type == "cpu":
