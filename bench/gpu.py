@@ -93,18 +93,19 @@ class DecoderLoad:
         return {"mean_percent": round(float(np.mean(self.samples)), 1), "max_percent": int(max(self.samples))}
 
 
-def extract(videos, out, features, flags, env):
+def extract(videos, out, features, flags, env, device="cuda"):
     """extract.py in a fresh process; its summary's figures, the notices it printed and NVDEC utilisation."""
     command = [sys.executable, str(REPO / "feature_extraction" / "extract.py"), "--videos", *map(str, videos),
-               "--out", str(out), "--features", *features, "--weights", "random", "--device", "cuda", *flags]
+               "--out", str(out), "--features", *features, "--weights", "random", "--device", device, *flags]
     with DecoderLoad() as nvdec:
         p = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True)
     if p.returncode != 0:
         raise RuntimeError(f"{' '.join(command)} failed:\n{p.stderr[-2000:]}")
     summary = p.stdout.strip().splitlines()[-1]
-    video, seconds = map(float, re.search(r"(\d+) s of video in ([\d.]+) s", summary).groups())
+    video, seconds, speed = map(float, re.search(r"(\d+) s of video in ([\d.]+) s, ([\d.]+) s of video per second",
+                                                 summary).groups())
     startup, loading = map(float, re.search(r"start-up ([\d.]+) s, model loading ([\d.]+) s", summary).groups())
-    return {"video_seconds": video, "seconds": seconds, "x_realtime": round(video / seconds, 1),
+    return {"video_seconds": video, "seconds": seconds, "x_realtime": speed,
             "startup_s": startup, "model_loading_s": loading, "nvdec": nvdec.summary(),
             "notices": [line for line in p.stderr.splitlines() if line.startswith("notice:")]}
 

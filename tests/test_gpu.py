@@ -3,6 +3,7 @@
 Without a GPU: the fallback notice, the GPU pass's own plumbing (with FFmpeg's software decoders), and
 bench/gpu.py up to its first CUDA call. The tests marked `cuda` run where torch sees a GPU.
 """
+import importlib.util
 import os
 import subprocess
 import sys
@@ -94,6 +95,22 @@ def test_gpu_bench_runs_up_to_its_first_cuda_call(weights_cache, tmp_path):
             assert (v.codec_context.name, v.width, v.height, v.average_rate) == ("h264", 1280, 720, 30)
             assert (a.codec_context.name, a.sample_rate, a.channels) == ("aac", 48000, 2)
             assert float(container.duration / 1e6) == pytest.approx(1.5, abs=0.1)
+
+
+def test_gpu_bench_reads_extract_summaries_and_row_cosines(vmr_env, make_clip, tmp_path):
+    """The parts of bench/gpu.py after its CUDA check, run on the CPU: a run's figures and the row cosines."""
+    spec = importlib.util.spec_from_file_location("gpu_bench", REPO / "bench" / "gpu.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    clip = make_clip("v.mp4", seconds=2.2)
+    run = bench.extract([clip], tmp_path / "a", ["vggish"], [], vmr_env, device="cpu")
+    assert run["video_seconds"] == 2 and run["x_realtime"] > 0 and run["seconds"] > 0
+    assert run["nvdec"] is None and run["notices"] == []  # NVML absent here; PyAV on the CPU by request
+    rows = np.load(tmp_path / "a" / "vggish" / "v.npy")
+    assert rows.shape == (2, 128)
+    (tmp_path / "b" / "vggish").mkdir(parents=True)
+    np.save(tmp_path / "b" / "vggish" / "v.npy", np.stack([rows[0], -rows[1]]))  # cosines 1 and -1
+    assert bench.cosines(tmp_path / "a", tmp_path / "b", "vggish") == {"rows": 2, "min": -1.0, "mean": 0.0}
 
 
 def test_gpu_bench_help():
