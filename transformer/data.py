@@ -16,6 +16,7 @@ from tqdm import tqdm
 
 from feature_extraction.flowProcessor import feature_trajectory, rank_segments, read_ranks_csv
 from vmnet.data import bad_id_reason, check_overlap, load_pair, read_ids
+from vmr.splits import LazyRows, Split, is_split
 from vmr.segments import MIN_SECONDS, N_BKPS, change_points, music_segments
 
 
@@ -66,6 +67,35 @@ def make_item(vid, video, audio, boundaries, ranks, max_seq_len, n_bkps=N_BKPS, 
                 top[:2], bottom[:2], len(kept))
 
 
+class SplitItem:
+    """An Item whose rows stay in a split folder (vmr/splits.py): .video and .audio read them on each access
+    (fresh float32 arrays, nothing kept), so a list of 20,000 items holds only their segments."""
+
+    def __init__(self, item, split, index):
+        self.id, self.video_parts, self.music_parts = item.id, item.video_parts, item.music_parts
+        self.top, self.bottom, self.n_segments = item.top, item.bottom, item.n_segments
+        self.split, self.index, self.n_rows = split, index, len(item.video)
+
+    @property
+    def video(self):
+        return self.split.rows("video", self.index, self.n_rows)
+
+    @property
+    def audio(self):
+        return self.split.rows("audio", self.index, self.n_rows)
+
+    def __repr__(self):
+        return f"SplitItem({self.id!r}, {self.n_rows} rows of {self.split.folder})"
+
+
+def item_rows(items, kind):
+    """[it.video for it in items] (kind "video") or their audio; items all from one split give a lazy
+    vmr.splits.LazyRows (read one item at a time) instead of a list of arrays."""
+    if items and all(isinstance(it, SplitItem) for it in items) and len({id(it.split) for it in items}) == 1:
+        return LazyRows(items[0].split, kind, [it.index for it in items], [it.n_rows for it in items])
+    return [getattr(it, kind) for it in items]
+
+
 def load_items(data_dir, ids, flow_ranks=None, segments_from="ranks", max_seq_len=200, max_seconds=None,
                n_bkps=N_BKPS, min_seconds=MIN_SECONDS, dims=None):
     """Items for `ids`; bad or unsegmentable ids print `id: reason` and are skipped.
@@ -73,12 +103,16 @@ def load_items(data_dir, ids, flow_ranks=None, segments_from="ranks", max_seq_le
     segments_from: "ranks" (ids missing from ranks.csv are skipped) or "features"
     (ids missing from ranks.csv, or all ids without a ranks.csv, are cut from their video features).
     dims = (Dv, Da) to enforce (a checkpoint's), else the first good item's.
+    DATA_DIR may be a split folder (vmr/splits.py): the items are then SplitItems, whose rows are read on access.
     """
     if segments_from not in ("ranks", "features"):
         raise ValueError(f"segments_from must be 'ranks' or 'features', not {segments_from!r}")
     if flow_ranks is None and segments_from == "ranks":
         raise ValueError("--flow_ranks is required unless --segments_from features")
     table = read_ranks_csv(flow_ranks) if flow_ranks is not None else {}
+    split = Split(data_dir) if is_split(data_dir) else None
+    if split is not None and dims is not None and tuple(split.dims) != tuple(dims):
+        raise ValueError(f"{data_dir}: video/audio widths {split.dims[0]}/{split.dims[1]}, expected {dims[0]}/{dims[1]}")
     items = []
     for vid in tqdm(ids, desc=f"loading {data_dir}", unit="id", leave=False):
         if bad_id_reason(vid):
@@ -87,14 +121,21 @@ def load_items(data_dir, ids, flow_ranks=None, segments_from="ranks", max_seq_le
         if vid not in table and segments_from == "ranks":
             print(f"{vid}: not in {flow_ranks}, skipped (use --segments_from features to segment it)", file=sys.stderr)
             continue
-        pair = load_pair(data_dir, vid, max_seconds=max_seconds, dims=dims)  # prints `id: reason` when bad
-        if pair is None:
-            continue
-        video, audio = pair
+        if split is not None:
+            if vid not in split.index:
+                print(f"{vid}: not in the split {data_dir}", file=sys.stderr)
+                continue
+            video, audio = (split.rows(kind, split.index[vid], max_seconds) for kind in ("video", "audio"))
+        else:
+            pair = load_pair(data_dir, vid, max_seconds=max_seconds, dims=dims)  # prints `id: reason` when bad
+            if pair is None:
+                continue
+            video, audio = pair
         dims = (video.shape[1], audio.shape[1])
         try:
             boundaries, ranks = (table[vid]["segments"], table[vid]["ranks"]) if vid in table else video_segments(video, n_bkps, min_seconds)
-            items.append(make_item(vid, video, audio, boundaries, ranks, max_seq_len, n_bkps, min_seconds))
+            item = make_item(vid, video, audio, boundaries, ranks, max_seq_len, n_bkps, min_seconds)
+            items.append(item if split is None else SplitItem(item, split, split.index[vid]))
         except ValueError as error:
             print(f"{vid}: {error}", file=sys.stderr)
     if not items:

@@ -12,7 +12,7 @@ aligned rescoring runs on each query's pooled top `rerank` candidates only.
 import numpy as np
 import torch
 
-from transformer.data import cut_parts, encode_timeline
+from transformer.data import cut_parts, encode_timeline, item_rows
 from vmr.baselines import aligned_scores, pad_sequences
 from vmr.metrics import check_finite, normalize_rows
 
@@ -26,7 +26,7 @@ def embed_tracks(encoder, sources, parts_of, batch_tracks=64):
     device = next(encoder.parameters()).device
     out = []
     for first in range(0, len(sources), batch_tracks):
-        chunk = sources[first:first + batch_tracks]
+        chunk = list(sources[first:first + batch_tracks])  # a LazyRows (split folder) reads just these tracks
         length = max(len(s) for s in chunk)
         timeline = encode_timeline(encoder, cut_parts(chunk, parts_of[first:first + batch_tracks]), len(chunk), length, device).numpy()
         out += [timeline[i, :len(s)] for i, s in enumerate(chunk)]
@@ -40,8 +40,8 @@ def pool(sequences):
 
 def embed_items(model, items, batch_tracks=64):
     """Per-second and pooled embeddings of both modalities of test items (music cut from the music alone)."""
-    video = embed_tracks(model.video, [it.video for it in items], [it.video_parts for it in items], batch_tracks)
-    audio = embed_tracks(model.audio, [it.audio for it in items], [it.music_parts for it in items], batch_tracks)
+    video = embed_tracks(model.video, item_rows(items, "video"), [it.video_parts for it in items], batch_tracks)
+    audio = embed_tracks(model.audio, item_rows(items, "audio"), [it.music_parts for it in items], batch_tracks)
     return dict(video_seq=video, audio_seq=audio, video=pool(video), audio=pool(audio))
 
 

@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from transformer.data import load_items
+from transformer.data import item_rows, load_items
 from transformer.model import load_model
 from transformer.scoring import best_segments, embed_items, score_matrices, shown_score
 from vmnet.data import check_dims, feature_names, read_ids
@@ -75,7 +75,7 @@ def evaluate(checkpoint, test_data_dir, test_csv, out, flow_ranks=None, segments
     v2m = matrices[scoring][0]
     tops = top_tracks(v2m, ids, shown=shown_score)
     top1 = [t[0]["id"] for t in tops]
-    video, audio = [it.video for it in items], [it.audio for it in items]
+    video, audio = item_rows(items, "video"), item_rows(items, "audio")  # lazy for a split folder
     metrics = {
         "model": "Transformer",
         "checkpoint": str(Path(checkpoint).resolve()),

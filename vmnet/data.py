@@ -1,5 +1,7 @@
 """Training data: DIR/video/<id>.npy (T, Dv), DIR/audio/<id>.npy (T, Da), and id lists.
 
+A split folder written by vmr/splits.py (vmnet/prepare.py --split_format mmap) is accepted wherever DIR is.
+
 A CSV has a header `ID` and one id per line; the original project's headerless `<id>.npy`
 lines are accepted too. Rows [0, min(T_video, T_audio)) are used (both streams start at
 t = 0, one row per second). A bad row (missing, empty, NaN or wrong-dimension file, or an id
@@ -90,11 +92,23 @@ def load_pair(data_dir, vid, max_seconds=None, dims=None):
 def load_sequences(data_dir, ids, max_seconds=None, dims=None, desc="loading"):
     """Per-second rows of every good id: (ids, list of video (T, Dv), list of audio (T, Da)) float32.
 
+    DATA_DIR may also be a split folder (vmr/splits.py): the lists are then vmr.splits.LazyRows, which read
+    an item's rows when it is indexed or iterated over and keep nothing.
+
     Widths are enforced: `dims` = (Dv, Da), or the first good pair's. Bad ids print `id: reason` and are
     skipped; raises ValueError when nothing is left.
     """
     from tqdm import tqdm
 
+    from vmr.splits import is_split, load_split_sequences
+
+    if is_split(data_dir):  # a split folder (vmr/splits.py): lazy per-item views, read on access
+        kept, video, audio = load_split_sequences(data_dir, ids, max_seconds, dims)
+        if not kept:
+            raise ValueError(f"{data_dir}: no usable id out of {len(ids)}")
+        if len(kept) < len(ids):
+            print(f"{data_dir}: {len(ids) - len(kept)} of {len(ids)} ids skipped", file=sys.stderr)
+        return kept, video, audio
     kept, video, audio = [], [], []
     for vid in tqdm(ids, desc=desc, unit="id", leave=False):
         pair = load_pair(data_dir, vid, max_seconds, dims)
@@ -140,6 +154,13 @@ def feature_names(data_dir):
 
 def check_dims(data_dir, ids, dims):
     """Raise ValueError when the first readable id of `ids` in DATA_DIR has other widths than dims = (Dv, Da)."""
+    from vmr.splits import Split, is_split
+
+    if is_split(data_dir):
+        found = Split(data_dir).dims
+        if tuple(found) != tuple(dims):
+            raise ValueError(f"{data_dir}: video/audio widths {found[0]}/{found[1]}, the training data {dims[0]}/{dims[1]}")
+        return
     for vid in ids:
         paths = [Path(data_dir) / kind / f"{vid}.npy" for kind in ("video", "audio")]
         if bad_id_reason(vid) or not all(p.is_file() for p in paths):

@@ -8,6 +8,13 @@ files instead. ids = the sorted intersection of the folders. Writes DATA/train.c
 DATA/test.csv (header ID), DATA/features.json, a copy of each folder's _feature.json
 (DATA/video/_feature.json, DATA/audio/_feature.json), and DATA/groups.csv listing duplicate
 tracks (identical audio features, or the same URL under two ids with --status).
+
+--split_format mmap also writes each split once as a memory-mappable split folder (vmr/splits.py):
+DATA/train/ and DATA/test/ with video.npy and audio.npy (the rows of all items concatenated, --dtype
+float32 or float16), offsets.npy, ids.csv, split.json and the two _feature.json provenance records, each
+folder written beside its place and renamed in when complete. Pass DATA/train (DATA/test) as the data
+folder to the train, test and retrieve scripts: they read one item at a time (peak memory flat in the
+number of items). The folder-of-npy layout is written either way and stays accepted.
 """
 import argparse
 import csv
@@ -157,11 +164,19 @@ def prepare(args):
         split_groups = sorted({g for v, g in groups.items() if v in test_set} & {g for v, g in groups.items() if v not in test_set})
         if split_groups:
             print(f"warning: {len(split_groups)} duplicate groups have ids in both train and test (e.g. {split_groups[0]})", file=sys.stderr)
+    if args.split_format == "mmap":
+        from vmr.splits import split_from_folder
+
+        for name, members in (("train", train), ("test", test)):
+            if members:
+                n = split_from_folder(out, members, out / name, args.dtype)
+                print(f"{out / name}: split folder of {n} items ({args.dtype})")
     write_json(out / "features.json", {
         "video": "+".join(video_names), "audio": args.audio, "features_dir": str(features.resolve()), "seed": args.seed,
         "test_fraction": None if args.split_from else args.test_fraction,
         "split_from": [str(p) for p in args.split_from] if args.split_from else None,
         "n_train": len(train), "n_test": len(test), "duplicate_groups": n_groups,
+        "split_format": args.split_format, "dtype": args.dtype if args.split_format == "mmap" else None,
     })
     print(f"{out}: {len(train)} train, {len(test)} test ids")
     return failed
@@ -177,6 +192,12 @@ def main(argv=None):
     p.add_argument("--seed", type=int, default=0, help="seed of numpy's default_rng permutation for the split")
     p.add_argument("--split_from", nargs=2, metavar=("TRAIN", "TEST"), help="reuse existing id lists instead of a new split")
     p.add_argument("--status", help="downloader status.csv (columns id,url): ids with the same URL are reported as duplicates")
+    p.add_argument("--split_format", choices=("files", "mmap"), default="files",
+                   help="files (default): DATA/video/<id>.npy and DATA/audio/<id>.npy only; mmap: also DATA/train/ and "
+                        "DATA/test/ split folders, each split's rows in one memory-mappable array per kind (vmr/splits.py)")
+    p.add_argument("--dtype", choices=("float32", "float16"), default="float32",
+                   help="row type of the split folders with --split_format mmap (default float32: bit for bit the "
+                        "folder-of-npy rows; float16: half the disk, relative error about 5e-4)")
     args = p.parse_args(argv)
     try:
         failed = prepare(args)

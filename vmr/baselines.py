@@ -20,25 +20,51 @@ def _inv_sqrt(c):
     return (v / np.sqrt(np.maximum(w, 1e-12))) @ v.T
 
 
+def _blocks(rows, block=65536):
+    """float64 blocks of an (n, D) array, or of the rows of a sequence of (T_i, D) arrays (read one at a time)."""
+    if isinstance(rows, np.ndarray):
+        for first in range(0, len(rows), block):
+            yield np.asarray(rows[first:first + block], np.float64)
+    else:
+        for x in rows:
+            yield np.asarray(x, np.float64)
+
+
+def moments(video_rows, audio_rows):
+    """(n, mean_v, mean_a, cov_vv, cov_aa, cov_va) of paired rows, in two streaming passes (float64).
+
+    video_rows / audio_rows: (n, D) arrays, or sequences of per-item (T_i, D) arrays (e.g. a split folder's
+    vmr.splits.LazyRows), never concatenated: memory is one item (or 65,536 rows) and the D x D sums."""
+    n, sum_v, sum_a = 0, 0.0, 0.0
+    for xv, xa in zip(_blocks(video_rows), _blocks(audio_rows)):
+        n += len(xv)
+        sum_v, sum_a = sum_v + xv.sum(0), sum_a + xa.sum(0)
+    mean_v, mean_a = sum_v / n, sum_a / n
+    cvv = caa = cva = 0.0
+    for xv, xa in zip(_blocks(video_rows), _blocks(audio_rows)):
+        xv, xa = xv - mean_v, xa - mean_a
+        cvv, caa, cva = cvv + xv.T @ xv, caa + xa.T @ xa, cva + xv.T @ xa
+    d = max(n - 1, 1)
+    return n, mean_v, mean_a, cvv / d, caa / d, cva / d
+
+
 class CCA:
     """Ridge CCA fitted on paired rows: whiten each view (covariance + ridge * mean eigenvalue * I), SVD of
-    the whitened cross-covariance. project_video / project_audio give all min(Dv, Da) directions, strongest first."""
+    the whitened cross-covariance. project_video / project_audio give all min(Dv, Da) directions, strongest first.
+    video_rows / audio_rows: (n, D) arrays or sequences of per-item (T_i, D) arrays (see moments); or pass
+    stats=moments(...) to fit several ridges on one pass over the rows."""
 
-    def __init__(self, video_rows, audio_rows, ridge):
-        xv, xa = np.asarray(video_rows, np.float64), np.asarray(audio_rows, np.float64)
-        self.mean_v, self.mean_a = xv.mean(0), xa.mean(0)
-        xv, xa = xv - self.mean_v, xa - self.mean_a
-        n = max(len(xv) - 1, 1)
+    def __init__(self, video_rows, audio_rows, ridge, stats=None):
+        _, mean_v, mean_a, cvv, caa, cva = stats if stats is not None else moments(video_rows, audio_rows)
 
-        def ridge_cov(x):
-            c = x.T @ x / n
+        def ridge_cov(c):
             return c + ridge * max(np.trace(c) / len(c), 1e-12) * np.eye(len(c))
 
-        wv, wa = _inv_sqrt(ridge_cov(xv)), _inv_sqrt(ridge_cov(xa))
-        u, self.correlations, vt = np.linalg.svd(wv @ (xv.T @ xa / n) @ wa)
+        wv, wa = _inv_sqrt(ridge_cov(cvv)), _inv_sqrt(ridge_cov(caa))
+        u, self.correlations, vt = np.linalg.svd(wv @ cva @ wa)
         d = min(u.shape[1], vt.shape[0])
         self.proj_v, self.proj_a = (wv @ u[:, :d]).astype(np.float32), (wa @ vt.T[:, :d]).astype(np.float32)
-        self.mean_v, self.mean_a = self.mean_v.astype(np.float32), self.mean_a.astype(np.float32)
+        self.mean_v, self.mean_a = mean_v.astype(np.float32), mean_a.astype(np.float32)
 
     def project_video(self, rows, dims=None):
         return (np.asarray(rows, np.float32) - self.mean_v) @ self.proj_v[:, :dims]
@@ -93,19 +119,21 @@ def tuned_cca(train, val, ridges=RIDGES, dims=DIMS):
     def score_val(model, d):
         return retrieval_metrics(model.project_video(val[0], d), model.project_audio(val[1], d), with_ranks=False)
 
-    _, ridge, d, model, val_block = _tune(lambda r: CCA(train[0], train[1], r), score_val, ridges, dims)
+    stats = moments(train[0], train[1])
+    _, ridge, d, model, val_block = _tune(lambda r: CCA(None, None, r, stats), score_val, ridges, dims)
     return Baseline("cca", model, ridge, d, val_block, aligned=False)
 
 
 def tuned_aligned_linear(train, val, ridges=RIDGES, dims=DIMS):
     """Time-aligned linear baseline tuned on validation. train / val: (list of video (T, Dv), list of audio (T, Da))
-    per-second rows, paired (row t of both = the same second)."""
-    video_rows, audio_rows = np.concatenate(train[0]), np.concatenate(train[1])
+    per-second rows, paired (row t of both = the same second). The rows are streamed once into their moments
+    (never concatenated), so a split folder's lazy rows fit with the memory of one item."""
+    stats = moments(train[0], train[1])
 
     def score_val(model, d):
         return scores_to_metrics(Baseline("aligned_linear", model, None, d, None, aligned=True).score(*val))
 
-    _, ridge, d, model, val_block = _tune(lambda r: CCA(video_rows, audio_rows, r), score_val, ridges, dims)
+    _, ridge, d, model, val_block = _tune(lambda r: CCA(None, None, r, stats), score_val, ridges, dims)
     return Baseline("aligned_linear", model, ridge, d, val_block, aligned=True)
 
 

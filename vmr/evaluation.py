@@ -37,10 +37,9 @@ def check_test_split(ckpt, test_data_dir, test_ids, what):
 
 def score_blocks(v2m, m2v, groups, what, with_ranks=True):
     """Both directions from score matrices (rows = queries; ground truth = the same index or the same group)."""
-    relevant = None if groups is None else M.group_relevance(groups)
-    try:
-        return {"video_to_music": M.recall_block(M.gt_ranks(v2m, relevant), with_ranks=with_ranks),
-                "music_to_video": M.recall_block(M.gt_ranks(m2v, relevant), with_ranks=with_ranks)}
+    try:  # groups, not an (n, n) relevance matrix: gt_ranks builds it a chunk of rows at a time
+        return {"video_to_music": M.recall_block(M.gt_ranks(v2m, groups=groups), with_ranks=with_ranks),
+                "music_to_video": M.recall_block(M.gt_ranks(m2v, groups=groups), with_ranks=with_ranks)}
     except ValueError as error:
         raise ValueError(f"{what}: {error}") from None
 
@@ -83,7 +82,7 @@ def provenance_banner(prov):
 
 def top_tracks(scores, ids, k=5, shown=float):
     """Per query row, the k best gallery ids with their scores (stable order)."""
-    order = np.argsort(-scores, axis=1, kind="stable")[:, :k]
+    order = M.top_k(scores, k)  # = the stable argsort's first k, a chunk of rows at a time
     return [[{"id": ids[j], "score": shown(scores[i, j])} for j in row] for i, row in enumerate(order)]
 
 
@@ -124,6 +123,12 @@ def common_blocks(ckpt, test_data_dir, ids, video, audio, top1, groups, max_seco
     prov = ckpt.get("provenance") or {}
     if fad_dir is None and "vggish" in str((prov.get("audio") or {}).get("model", "")).lower():
         fad_dir = Path(test_data_dir) / "audio"
+        source = Path(test_data_dir) / "split.json"  # a split folder: the rows' files are in the folder it was written from
+        if source.is_file():
+            import json
+
+            src = json.loads(source.read_text()).get("source")
+            fad_dir = Path(src) / "audio" if src and (Path(src) / "audio").is_dir() else None
     out["fad"] = M.fad_report(fad_dir, ids, top1, ids, max_seconds) if fad_dir else None
     out["av_align"] = M.av_align_report(ids, top1, peaks_dir, av_align_variant, seed) if peaks_dir else None
     return out

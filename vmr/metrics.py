@@ -18,27 +18,64 @@ KS = (1, 5, 10, 20, 25, 50, 100)
 BATCH_LABEL = "batch-level recall over seeded random batches; for comparison with VM-NET papers only, not a whole-gallery metric"
 
 
-def gt_ranks(scores, relevant=None):
+def gt_ranks(scores, relevant=None, groups=None, chunk=1024):
     """1-based rank of the ground truth in each row of `scores` (n, N), pessimistic ties.
 
     Without `relevant` the ground truth of row i is column i. With `relevant` (n, N) bool
     (e.g. ids sharing a track), the best-scoring relevant column counts and only
-    non-relevant columns scoring >= it are ranked above it.
+    non-relevant columns scoring >= it are ranked above it. `groups` ((n,) labels, with n == N)
+    gives the same result as relevant = group_relevance(groups) without building the (n, N) matrix.
+
+    Computed `chunk` rows at a time in the scores' own dtype (float32 scores stay float32): besides
+    the scores themselves, memory is a few (chunk, N) blocks, never an (n, N) float64 or bool matrix.
     """
     scores = np.asarray(scores)
-    bad = int(np.size(scores) - np.isfinite(scores).sum())
+    n, n_gallery = scores.shape
+    if relevant is not None:
+        relevant = np.asarray(relevant, dtype=bool)
+    if groups is not None:
+        groups = np.asarray(groups)
+    ranks = np.empty(n, np.int64)
+    bad, missing = 0, False
+    for first in range(0, n, chunk):
+        rows = np.arange(first, min(first + chunk, n))
+        block = scores[rows]
+        bad += int(block.size - np.isfinite(block).sum())
+        if bad:
+            continue
+        if relevant is not None:
+            rel = relevant[rows]
+        elif groups is not None:
+            rel = groups[rows][:, None] == groups[None, :]
+        else:
+            rel = np.zeros(block.shape, dtype=bool)
+            rel[np.arange(len(rows)), rows] = True
+        if not rel.any(axis=1).all():
+            missing = True
+            continue
+        best = np.where(rel, block, -np.inf).max(axis=1, keepdims=True)
+        ranks[rows] = 1 + ((block >= best) & ~rel).sum(axis=1)
     if bad:
         raise ValueError(f"{bad} non-finite scores (NaN or inf) would rank as hits")
-    n = scores.shape[0]
-    if relevant is None:
-        relevant = np.zeros(scores.shape, dtype=bool)
-        relevant[np.arange(n), np.arange(n)] = True
-    relevant = np.asarray(relevant, dtype=bool)
-    if not relevant.any(axis=1).all():
+    if missing:
         raise ValueError("every query needs at least one relevant gallery item")
-    best = np.where(relevant, scores, -np.inf).max(axis=1, keepdims=True)
-    above = (scores >= best) & ~relevant
-    return 1 + above.sum(axis=1)
+    return ranks
+
+
+def top_k(scores, k, chunk=256):
+    """(n, min(k, N)) column indices of each row's k best scores, best first, ties by the lower index:
+    exactly np.argsort(-scores, axis=1, kind="stable")[:, :k], computed with a partition per row chunk
+    (no (n, N) index matrix)."""
+    scores = np.asarray(scores)
+    k = min(k, scores.shape[1])
+    out = np.empty((len(scores), k), np.int64)
+    for first in range(0, len(scores), chunk):
+        neg = -scores[first:first + chunk]
+        kth = np.partition(neg, k - 1, axis=1)[:, k - 1:k]
+        for r, (row, limit) in enumerate(zip(neg, kth)):
+            cand = np.flatnonzero(row <= limit[0])  # every score >= the k-th best, ties included, by index
+            out[first + r] = cand[np.argsort(row[cand], kind="stable")[:k]]
+    return out
 
 
 def recall_block(ranks, ks=KS, with_ranks=True):
@@ -80,7 +117,7 @@ def group_relevance(groups):
 
 def score_metrics(scores, relevant=None, with_ranks=True):
     """Both directions from a video x music score matrix (row i = video i, column j = track j)."""
-    rel_t = None if relevant is None else np.asarray(relevant).T
+    rel_t = None if relevant is None else np.asarray(relevant).T  # a view: no copy
     return {
         "video_to_music": recall_block(gt_ranks(scores, relevant), with_ranks=with_ranks),
         "music_to_video": recall_block(gt_ranks(np.asarray(scores).T, rel_t), with_ranks=with_ranks),
