@@ -41,6 +41,7 @@ from vmr.baselines import pad_sequences
 from vmr.evaluation import sha256_file
 from vmr.runs import check_folder
 from vmr.segments import music_segments
+from vmr.splits import LazyRows, Split, is_split
 
 
 def run_extraction(paths, tokens, flags, work_dir, extract_args):
@@ -77,11 +78,19 @@ def build_index(library, checkpoint, index_path, extract_args=(), batch_tracks=6
     model, ckpt = load_model(checkpoint)
     cfg, run_args = ckpt["config"], ckpt["run_args"]
     audio_folder = (ckpt.get("features") or {}).get("audio") or "vggish"
-    npy_files, media = list_library(library)
-    check_folder(ckpt.get("provenance"), "audio", [p.parent for p in npy_files], "index")
+    split = Split(library) if is_split(library) else None  # a split folder (vmr/splits.py): tracks read one at a time
+    npy_files, media = list_library(library) if split is None else ([], [])
+    check_folder(ckpt.get("provenance"), "audio", [p.parent for p in npy_files] + ([split.folder / "audio"] if split else []), "index")
     files = {p.stem: p for p in npy_files}
     failed = 0
+    ids, tracks = [], []
     with tempfile.TemporaryDirectory(prefix="vmr_library_") as tmp:
+        if split is not None:
+            if split.dims[1] != cfg["audio_dim"]:
+                raise RetrievalError(f"{library}: audio width {split.dims[1]}, the checkpoint's {cfg['audio_dim']}")
+            order = sorted(range(len(split.ids)), key=lambda i: split.ids[i])
+            stops = [split.length(i) if not run_args.get("max_seconds") else min(split.length(i), run_args["max_seconds"]) for i in order]
+            ids, tracks = [split.ids[i] for i in order], LazyRows(split, "audio", order, stops)
         if media:
             tokens, flags = folder_tokens([audio_folder])
             run_extraction(media, tokens, flags, Path(tmp), list(extract_args))
@@ -92,7 +101,6 @@ def build_index(library, checkpoint, index_path, extract_args=(), batch_tracks=6
                     files[p.stem] = path
                 else:
                     failed += 1
-        ids, tracks = [], []
         for vid in sorted(files):
             try:
                 tracks.append(load_rows(files[vid], cfg["audio_dim"], run_args.get("max_seconds")))
@@ -226,7 +234,8 @@ def build_parser():
     p.add_argument("--checkpoint", required=True, help="best.pt written by transformer/train.py")
     p.add_argument("--index", default="INDEX.npz", help="index file to write (--build_index) or to search")
     p.add_argument("--build_index", action="store_true", help="segment and embed the --library tracks and write --index")
-    p.add_argument("--library", help="folder or list file of music feature files (.npy, (T, 128)) or music/video files (extracted)")
+    p.add_argument("--library", help="folder or list file of music feature files (.npy, (T, 128)) or music/video files (extracted), "
+                                     "or a split folder (vmnet/prepare.py --split_format mmap: its tracks, read one at a time)")
     p.add_argument("--query", nargs="+", help="video files (features and flow segments extracted first) or video feature files (.npy)")
     p.add_argument("--flow_ranks", help="ranks.csv giving the segments of .npy queries (looked up by file stem)")
     p.add_argument("--segments_from", choices=["ranks", "features"], default="ranks",

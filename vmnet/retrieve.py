@@ -31,6 +31,7 @@ from vmr.metrics import normalize_rows
 from vmnet.model import embed_rows, model_from_checkpoint
 from vmr.evaluation import sha256_file
 from vmr.runs import check_folder
+from vmr.splits import Split, is_split
 
 # feature folder name -> (extract.py token, extra flags) that produce it
 EXTRACT_ARGS = {
@@ -113,9 +114,17 @@ def build_index(library, checkpoint, index_path, extract_args=(), work_dir=None)
     cfg = ckpt["config"]
     audio_folder = (ckpt.get("features") or {}).get("audio") or "vggish"
     max_seconds = ckpt["args"].get("max_seconds")
-    npy_files, media = list_library(library)
-    check_folder(ckpt.get("provenance"), "audio", [p.parent for p in npy_files], "index")
     tracks, failed = {}, 0
+    if is_split(library):  # a split folder (vmr/splits.py): its tracks, read one at a time
+        split = Split(library)
+        check_folder(ckpt.get("provenance"), "audio", [split.folder / "audio"], "index")
+        if split.dims[1] != cfg["audio_dim"]:
+            raise RetrievalError(f"{library}: audio width {split.dims[1]}, the checkpoint's {cfg['audio_dim']}")
+        tracks = {vid: pooled(split.rows("audio", i), max_seconds) for i, vid in enumerate(split.ids)}
+        npy_files, media = [], []
+    else:
+        npy_files, media = list_library(library)
+    check_folder(ckpt.get("provenance"), "audio", [p.parent for p in npy_files], "index")
     for p in npy_files:
         x = np.load(p)
         if x.ndim != 2 or x.shape[1] != cfg["audio_dim"] or len(x) == 0 or not np.isfinite(x).all():
@@ -229,7 +238,8 @@ def main(argv=None):
     p.add_argument("--checkpoint", required=True, help="best.pt written by vmnet/train.py")
     p.add_argument("--index", default="INDEX.npz", help="index file to write (--build_index) or to search")
     p.add_argument("--build_index", action="store_true", help="embed the --library tracks and write --index")
-    p.add_argument("--library", help="folder or list file of music feature files (.npy, (T, 128)) or music/video files (extracted)")
+    p.add_argument("--library", help="folder or list file of music feature files (.npy, (T, 128)) or music/video files (extracted), "
+                                     "or a split folder (vmnet/prepare.py --split_format mmap: its tracks, read one at a time)")
     p.add_argument("--query", nargs="+", help="video files (features extracted first) or video feature files (.npy)")
     p.add_argument("--top_k", type=int, default=5, help="tracks to return per query")
     p.add_argument("--faiss", choices=("flat", "ivf", "hnsw"),
