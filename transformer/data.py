@@ -215,6 +215,6 @@ def collate(items):
     """Video parts and music parts of the items (each padded within its modality)."""
     return Batch(cut_parts([it.video for it in items], [it.video_parts for it in items]),
                  cut_parts([it.audio for it in items], [it.music_parts for it in items]),
-                 torch.tensor([len(it.video) for it in items]),
+                 torch.tensor([it.n_rows if isinstance(it, SplitItem) else len(it.video) for it in items]),  # no second read
                  torch.tensor([it.top for it in items]), torch.tensor([it.bottom for it in items]),
                  torch.tensor([it.n_segments for it in items]))
