@@ -107,6 +107,9 @@ def test_split_write_is_atomic(tmp_path):
     assert not (tmp_path / "new").exists()
     assert sorted(p.name for p in tmp_path.iterdir()) == ["s"]  # no temp folder left behind
     assert {p.name: p.read_bytes() for p in (tmp_path / "s").iterdir() if p.is_file()} == before  # the old split intact
+    with pytest.raises(ValueError, match="range of float16"):
+        write_split(tmp_path / "big", [("x", np.full((2, 3), 7e4, np.float32), good[0][2][:2])], "float16")
+    assert not (tmp_path / "big").exists()
     with pytest.raises(ValueError, match="same T"):
         write_split(tmp_path / "bad", [("x", good[0][1], good[0][2][:4])])
     assert not (tmp_path / "bad").exists()

@@ -62,7 +62,11 @@ class _RowWriter:
             self.dim = x.shape[1]
         elif x.shape[1] != self.dim:
             raise ValueError(f"{self.path.name}: width {x.shape[1]}, earlier items {self.dim}")
-        self.f.write(np.ascontiguousarray(x, self.dtype).tobytes())
+        with np.errstate(over="ignore"):
+            y = np.ascontiguousarray(x, self.dtype)
+        if not np.isfinite(y).all():  # float16 overflows past 65504: refuse rather than store inf
+            raise ValueError(f"{self.path.name}: values beyond the range of {self.dtype} (largest {np.abs(x).max():.4g}); use float32")
+        self.f.write(y.tobytes())
         self.rows += len(x)
 
     def close(self):
