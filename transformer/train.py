@@ -22,7 +22,7 @@ import torch
 from tqdm import tqdm
 
 from feature_extraction.atomic import write_text
-from transformer.data import collate, encode_timeline, load_items, training_ids
+from transformer.data import collate, encode_timeline, item_rows, load_items, training_ids
 from transformer.losses import aligned_matrix, flow_triplet_losses, pairing_loss, pooled, second_loss
 from transformer.model import SegmentTransformer
 from transformer.scoring import embed_items, score_matrices
@@ -30,12 +30,13 @@ from vmnet.train import plain_args, plot_log, save_checkpoint, split_validation
 from vmr.metrics import score_metrics, selection_key
 from vmr.runs import check_resume_flags, feature_provenance, prepare_run_dir
 
-LOG_COLUMNS = ["epoch", "train_loss", "val_R@1", "val_R@10", "val_MedR", "val_pooled_R@1", "seconds", "inter_loss",
+LOG_COLUMNS = ["epoch", "train_loss", "val_scoring", "val_R@1", "val_R@10", "val_MedR", "val_pooled_R@1", "val_aligned_R@1",
+               "seconds", "inter_loss",
                "top_loss", "bottom_loss", "lr"]
-# flags that define the run; the rest (paths to outputs, epochs, resume) may change on --resume
-RUN_FLAGS = ["embed_dim", "num_heads", "num_layers", "ff_dim", "dropout", "max_seq_len", "batch_size", "lr", "warmup",
-             "weight_decay", "loss", "temperature", "margin", "top_k", "flow_margin", "flow_k", "lambda1", "lambda2",
-             "lambda3", "lambda_pooled", "lambda_second", "distance_bias", "schedule", "scoring", "val_fraction", "seed",
+# flags that define the run (epochs too: the cosine schedule ends at the last); output paths and --resume may change
+RUN_FLAGS = ["embed_dim", "num_heads", "num_layers", "ff_dim", "dropout", "smooth", "init", "max_seq_len", "batch_size",
+             "lr", "warmup", "schedule", "epochs", "weight_decay", "loss", "temperature", "margin", "top_k", "flow_margin",
+             "flow_k", "lambda1", "lambda_aligned", "lambda_pooled", "lambda2", "lambda3", "scoring", "val_fraction", "seed",
              "max_seconds", "n_bkps", "min_seconds", "segments_from"]
 
 
@@ -60,35 +61,42 @@ def build_parser():
     model.add_argument("--num_heads", type=int, default=4, help="attention heads (default 4)")
     model.add_argument("--num_layers", type=int, default=2, help="encoder layers per modality (default 2)")
     model.add_argument("--ff_dim", type=int, default=256, help="feed-forward width (default 256)")
-    model.add_argument("--dropout", type=float, default=0.1, help="dropout (default 0.1)")
-    model.add_argument("--distance_bias", type=int, choices=(0, 1), default=1,
-                       help="1: learned per-head attention penalty slope * |i - j| (ALiBi with learned slopes) (default 1)")
+    model.add_argument("--dropout", type=float, default=0.0, help="dropout (default 0)")
+    model.add_argument("--smooth", type=int, default=5,
+                       help="width in seconds of the learned temporal smoothing of the per-second outputs, starting as a box "
+                            "average; odd, 1 = none (default 5)")
+    model.add_argument("--init", choices=["linear", "random"], default="linear",
+                       help="linear = input projections start at the tuned time-aligned linear baseline's directions (ridge and "
+                            "number chosen on validation) and the output projection at the identity; random = PyTorch's "
+                            "default (default linear)")
     loss = p.add_argument_group("losses")
     loss.add_argument("--loss", choices=["infonce", "hinge"], default="infonce",
-                      help="inter-modal loss on the aligned and pooled scores: temperature-scaled InfoNCE or VM-NET's hinge (default infonce)")
-    loss.add_argument("--temperature", type=float, default=0.05, help="InfoNCE temperature (default 0.05)")
+                      help="form of the track-score losses (--lambda_aligned, --lambda_pooled): temperature-scaled InfoNCE or "
+                           "VM-NET's hinge (default infonce)")
+    loss.add_argument("--temperature", type=float, default=0.05, help="InfoNCE temperature, per-second and track losses (default 0.05)")
     loss.add_argument("--margin", type=float, default=0.1, help="hinge margin (default 0.1, VM-NET)")
     loss.add_argument("--top_k", type=int, default=16, help="hinge: hardest negatives per anchor (default 16, original)")
     loss.add_argument("--flow_margin", type=float, default=0.1, help="TripletMarginLoss margin of the flow-rank triplets (default 0.1, original)")
     loss.add_argument("--flow_k", type=int, default=16, help="flow-rank triplets sampled per batch and kind (default 16, original)")
-    loss.add_argument("--lambda1", type=float, default=1.0, help="weight of the inter-modal loss (default 1.0)")
-    loss.add_argument("--lambda_pooled", type=float, default=1.0, help="weight of the inter-modal loss on pooled scores (default 1.0)")
-    loss.add_argument("--lambda_second", type=float, default=0.0, help="weight of the per-second InfoNCE (default 0)")
+    loss.add_argument("--lambda1", type=float, default=1.0, help="weight of the per-second inter-modal InfoNCE (default 1.0)")
+    loss.add_argument("--lambda_aligned", type=float, default=0.0, help="weight of the loss on the batch's aligned track scores (default 0)")
+    loss.add_argument("--lambda_pooled", type=float, default=0.0, help="weight of the loss on the batch's pooled track scores (default 0)")
     loss.add_argument("--lambda2", type=float, default=0.1, help="weight of the top flow-rank triplets (default 0.1; 0 turns them off)")
     loss.add_argument("--lambda3", type=float, default=0.1, help="weight of the bottom flow-rank triplets (default 0.1; 0 turns them off)")
     train = p.add_argument_group("training")
     train.add_argument("--save_dir", default="runs/transformer", help="checkpoints, train_log.csv/.png, metrics.json (default runs/transformer)")
     train.add_argument("--overwrite", action="store_true", help="remove the results of an earlier run in --save_dir first")
-    train.add_argument("--epochs", type=int, default=40, help="most epochs (default 40)")
+    train.add_argument("--epochs", type=int, default=12, help="epochs; the cosine schedule ends at the last (default 12)")
     train.add_argument("--patience", type=int, default=6, help="stop after this many epochs without a better validation score (default 6; 0 = never)")
     train.add_argument("--batch_size", type=int, default=64, help="videos per batch, all their segments together (default 64)")
-    train.add_argument("--lr", type=float, default=1e-3, help="AdamW learning rate (default 1e-3)")
-    train.add_argument("--warmup", type=int, default=50, help="steps of linear learning-rate warm-up (default 50)")
-    train.add_argument("--schedule", choices=["constant", "cosine"], default="constant",
-                       help="after the warm-up: constant, or cosine decay to 0 at --epochs (default constant)")
+    train.add_argument("--lr", type=float, default=3e-4, help="AdamW peak learning rate (default 3e-4)")
+    train.add_argument("--warmup", type=int, default=100, help="steps of linear learning-rate warm-up (default 100)")
+    train.add_argument("--schedule", choices=["cosine", "constant"], default="cosine",
+                       help="after the warm-up: cosine decay to 0 at the last epoch, or constant (default cosine)")
     train.add_argument("--weight_decay", type=float, default=1e-2, help="AdamW weight decay (default 1e-2)")
-    train.add_argument("--scoring", choices=["aligned", "pooled"], default="aligned",
-                       help="track score that selects best.pt and heads test.py's table (default aligned)")
+    train.add_argument("--scoring", choices=["auto", "aligned", "pooled"], default="auto",
+                       help="track score that selects best.pt and heads test.py's table; auto: whichever of the two has the "
+                            "better validation key at each epoch, recorded in best.pt (default auto)")
     train.add_argument("--val_fraction", type=float, default=0.1, help="seeded share of the train ids that selects best.pt (default 0.1; 0 = best is last)")
     train.add_argument("--seed", type=int, default=0, help="seed of the split, initialisation, shuffling, dropout and triplet sampling (default 0)")
     train.add_argument("--device", default="cpu", help="cpu or cuda (default cpu)")
@@ -113,6 +121,48 @@ def input_stats(items):
     return out
 
 
+def linear_start(train_items, val_items, ridge=1e-2):
+    """(video directions (Dv, d), audio directions (Da, d), video mean, audio mean, ridge) of the tuned time-aligned
+    linear baseline (per-second CCA, ridge and d chosen on the validation items, as every evaluation reports it);
+    without validation items, ridge `ridge` and all directions."""
+    from vmr.baselines import CCA, tuned_aligned_linear
+
+    train = (item_rows(train_items, "video"), item_rows(train_items, "audio"))
+    if val_items:
+        baseline = tuned_aligned_linear(train, (item_rows(val_items, "video"), item_rows(val_items, "audio")))
+        cca, dims, ridge = baseline.model, baseline.dims, baseline.ridge
+    else:
+        cca = CCA(*train, ridge)
+        dims = cca.proj_v.shape[1]
+    return cca.proj_v[:, :dims], cca.proj_a[:, :dims], cca.mean_v, cca.mean_a, ridge
+
+
+@torch.no_grad()
+def init_from_linear(model, proj_video, proj_audio, mean_video, mean_audio):
+    """Start both encoders at the time-aligned linear baseline: input projection row k < d = canonical direction k
+    of that modality (on the standardised inputs the model sees), rows past d zero, output projection the identity,
+    and each block's two residual branches (attention output, second feed-forward layer) zero, so that they start
+    as the identity (as in ReZero / Fixup). Per-second output k is then canonical variate k, all d with equal
+    weight, as the baseline scores them (up to the final layer norm); training refines that (temporal context, nonlinearity) instead of having
+    to find the few shared directions in very noisy per-second rows by gradient descent."""
+    d = proj_video.shape[1]
+    if d > model.video.input.out_features:
+        raise ValueError(f"{d} linear directions do not fit --embed_dim {model.video.input.out_features}")
+    for encoder, proj, mean in ((model.video, proj_video, mean_video), (model.audio, proj_audio, mean_audio)):
+        proj, mean = torch.from_numpy(np.asarray(proj, np.float32)), torch.from_numpy(np.asarray(mean, np.float32))
+        # x = std * x_std + m, so proj . (x - mean) = (proj * std) . x_std + proj . (m - mean)
+        encoder.input.weight.zero_()
+        encoder.input.bias.zero_()
+        encoder.input.weight[:d] = (proj * encoder.std.unsqueeze(1)).T
+        encoder.input.bias[:d] = proj.T @ (encoder.mean - mean)
+        encoder.output.weight.copy_(torch.eye(encoder.output.out_features))
+        encoder.output.bias.zero_()
+        for block in encoder.blocks:
+            for branch_end in (block.out, block.ff[-1]):
+                branch_end.weight.zero_()
+                branch_end.bias.zero_()
+
+
 def steps_per_epoch(n_items, batch_size):
     """Optimiser steps in one epoch: batches of one item are skipped (no negatives)."""
     return n_items // batch_size + (n_items % batch_size >= 2)
@@ -131,22 +181,20 @@ def lr_factor(args, steps):
 
 
 def batch_losses(model, batch, args, generator, device):
-    """(total, inter, top, bottom) of one batch."""
+    """(total, inter, top, bottom) of one batch; inter = the weighted inter-modal terms."""
     b, length = len(batch.lengths), int(batch.lengths.max())
     video = encode_timeline(model.video, batch.video, b, length, device)
     audio = encode_timeline(model.audio, batch.audio, b, length, device)
     lengths = batch.lengths.float()
-    scores = aligned_matrix(video, audio, lengths) if args.scoring == "aligned" else None
-    pooled_scores = pooled(video, lengths) @ pooled(audio, lengths).T
+    inter = args.lambda1 * second_loss(video, audio, batch.lengths, args.temperature)
     options = dict(kind=args.loss, temperature=args.temperature, margin=args.margin, top_k=args.top_k)
-    inter = args.lambda_pooled * pairing_loss(pooled_scores, **options)
-    if scores is not None:
-        inter = inter + pairing_loss(scores, **options)
-    if args.lambda_second:
-        inter = inter + args.lambda_second * second_loss(video, audio, batch.lengths, args.temperature)
+    if args.lambda_aligned:
+        inter = inter + args.lambda_aligned * pairing_loss(aligned_matrix(video, audio, lengths), **options)
+    if args.lambda_pooled:
+        inter = inter + args.lambda_pooled * pairing_loss(pooled(video, lengths) @ pooled(audio, lengths).T, **options)
     top, bottom = flow_triplet_losses(video, audio, batch.top, batch.bottom, batch.n_segments, args.flow_margin,
                                       args.flow_k, generator)
-    return args.lambda1 * inter + args.lambda2 * top + args.lambda3 * bottom, inter, top, bottom
+    return inter + args.lambda2 * top + args.lambda3 * bottom, inter, top, bottom
 
 
 def train_epoch(model, items, optimizer, schedule, args, generator, device, epoch):
@@ -186,6 +234,15 @@ def validate(model, items):
     return out
 
 
+def head_scoring(scoring, val):
+    """The scoring that selects: --scoring, or with auto the one with the better validation key (aligned without validation)."""
+    if scoring != "auto":
+        return scoring
+    if val is None:
+        return "aligned"
+    return max(("aligned", "pooled"), key=lambda name: list(selection_key(val[name])))
+
+
 def write_log(save_dir, rows):
     """train_log.csv and train_log.png (loss and validation recall per epoch, drawn by vmnet.train.plot_log)."""
     buffer = io.StringIO()
@@ -221,8 +278,12 @@ def run(args):
 
     torch.manual_seed(args.seed)
     model = SegmentTransformer(*dims, args.embed_dim, args.num_heads, args.num_layers, args.ff_dim, args.dropout,
-                               args.max_seq_len, bool(args.distance_bias)).to(device)
+                               args.max_seq_len, args.smooth).to(device)
     model.set_input_stats(*input_stats(train_items))
+    if args.init == "linear":
+        start = linear_start(train_items, val_items)
+        print(f"starting at the time-aligned linear model: ridge {start[4]:g}, {start[0].shape[1]} directions", file=sys.stderr)
+        init_from_linear(model, *start[:4])
     optimizer = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=args.weight_decay)
     schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_factor(args, steps_per_epoch(len(train_items), args.batch_size)))
     generator = torch.Generator().manual_seed(args.seed)
@@ -253,18 +314,20 @@ def run(args):
             raise FloatingPointError(f"{error}; stopping; last good checkpoint: {kept}. Lower --lr or check the features")
         row = {"epoch": epoch, "train_loss": losses["total"], "inter_loss": losses["inter"], "top_loss": losses["top"],
                "bottom_loss": losses["bottom"], "lr": optimizer.param_groups[0]["lr"],
-               "val_R@1": "", "val_R@10": "", "val_MedR": "", "val_pooled_R@1": ""}
+               "val_scoring": "", "val_R@1": "", "val_R@10": "", "val_MedR": "", "val_pooled_R@1": "", "val_aligned_R@1": ""}
         improved = True
         if val_items:
             val = validate(model, val_items)
-            head = val[args.scoring]
-            row.update({"val_R@1": head["R@1"], "val_R@10": head["R@10"], "val_MedR": head["MedR"],
-                        "val_pooled_R@1": val["pooled"]["R@1"]})
+            scoring = head_scoring(args.scoring, val)
+            head = val[scoring]
+            row.update({"val_scoring": scoring, "val_R@1": head["R@1"], "val_R@10": head["R@10"], "val_MedR": head["MedR"],
+                        "val_pooled_R@1": val["pooled"]["R@1"], "val_aligned_R@1": val["aligned"]["R@1"]})
             improved = best is None or "key" not in best or list(selection_key(head)) > best["key"]
             if improved:
-                best = {"epoch": epoch, "key": list(selection_key(head)), "R@1": head["R@1"], "R@10": head["R@10"]}
+                best = {"epoch": epoch, "key": list(selection_key(head)), "R@1": head["R@1"], "R@10": head["R@10"],
+                        "scoring": scoring}
         else:
-            best = {"epoch": epoch}
+            best = {"epoch": epoch, "scoring": head_scoring(args.scoring, None)}
         row["seconds"] = round(time.time() - began, 3)
         rows.append(row)
         state = {"model_type": "transformer", "model": model.state_dict(), "optimizer": optimizer.state_dict(),
@@ -272,11 +335,12 @@ def run(args):
                  "args": plain_args(args), "train_data_dir": str(Path(args.train_data_dir).resolve()),
                  "provenance": provenance, "train_ids": [it.id for it in train_items], "val_ids": [it.id for it in val_items],
                  "rng": torch.get_rng_state(), "generator": generator.get_state(), "log": rows, "best": best}
-        if improved:
-            save_checkpoint(save_dir / "best.pt", {k: v for k, v in state.items() if k not in ("optimizer", "schedule")})
+        if improved:  # best.pt names the scoring it was selected with: test.py heads its table with that one
+            save_checkpoint(save_dir / "best.pt", {**{k: v for k, v in state.items() if k not in ("optimizer", "schedule")},
+                                                   "run_args": {**run_args, "scoring": best["scoring"]}})
         save_checkpoint(last, state)
         write_log(save_dir, rows)
-        shown = (f"val {args.scoring} R@1 {row['val_R@1']:.3f} R@10 {row['val_R@10']:.3f} MedR {row['val_MedR']}"
+        shown = (f"val {row['val_scoring']} R@1 {row['val_R@1']:.3f} R@10 {row['val_R@10']:.3f} MedR {row['val_MedR']}"
                  if val_items else "no validation")
         tqdm.write(f"epoch {epoch}: loss {losses['total']:.4f}  {shown}  {row['seconds']:.1f} s"
                    f"{'  (best)' if improved and val_items else ''}", file=sys.stderr)
@@ -297,7 +361,7 @@ def main(argv=None):
         try:
             metrics = evaluate(best, args.test_data_dir or args.train_data_dir, args.test_csv_path,
                                Path(args.save_dir) / "metrics.json", flow_ranks=args.flow_ranks,
-                               segments_from=args.segments_from, scoring=args.scoring)
+                               segments_from=args.segments_from)
         except ValueError as error:
             print(f"error: {error}", file=sys.stderr)
             return 1
