@@ -161,6 +161,47 @@ def test_overlapping_csvs_are_an_error_naming_the_ids(tmp_path, capsys):
 
 # ---- learning and resume ----------------------------------------------------------------------
 
+def test_window_pooling_averages_the_same_seconds_of_video_and_music():
+    ts = (10, 40, 87)
+    video = [np.stack([np.arange(t), np.arange(t) ** 2], 1).astype(np.float32) for t in ts]
+    audio = [2 * v[:, :1] + 1 for v in video]
+    rng = np.random.default_rng(0)
+    pooler = train.CropPooler(video, audio, (0.1, 0.3))
+    for _ in range(20):
+        v, a = (x.numpy().astype(np.float64) for x in pooler(rng))
+        np.testing.assert_allclose(a[:, 0], 2 * v[:, 0] + 1, rtol=1e-5)  # the same window in both modalities
+        width = np.sqrt(12 * (v[:, 1] - v[:, 0] ** 2) + 1)  # variance of the window's seconds = (w^2 - 1) / 12
+        for w, t in zip(width, ts):
+            assert max(1, round(0.1 * t)) - 0.01 <= w <= round(0.3 * t) + 0.01, (w, t)
+    v, a = pooler.__class__(video, audio, (1.0, 1.0))(rng)
+    np.testing.assert_allclose(v[:, 0].numpy(), [(t - 1) / 2 for t in ts])  # 1 1: whole items
+
+
+
+def test_cca_start_scores_like_the_tuned_cca_baseline():
+    from vmnet.model import embed_rows, init_from_cca
+    from vmr.baselines import tuned_cca
+
+    rng = np.random.default_rng(0)
+    z = rng.normal(size=(600, 4))  # 4 shared dimensions under noise: the setting pooled CCA is made for
+    video = (z @ rng.normal(size=(4, 40)) + rng.normal(size=(600, 40))).astype(np.float32)
+    audio = (z @ rng.normal(size=(4, 12)) + rng.normal(size=(600, 12))).astype(np.float32)
+    baseline = tuned_cca((video[:400], audio[:400]), (video[400:500], audio[400:500]))
+    torch.manual_seed(0)
+    model = VMNet(40, 12, dropout=0.5)
+    model.set_input_stats(video[:400].mean(0), video[:400].std(0), audio[:400].mean(0), audio[:400].std(0))
+    d = baseline.dims
+    init_from_cca(model, baseline.model.proj_v[:, :d], baseline.model.proj_a[:, :d], video[:400], audio[:400], rest_scale=0.0)
+    assert (model.video[-1].weight[d:] == 0).all() and (model.music[-1].weight[:d] == 1).all()  # the other outputs muted
+    assert model.training and torch.allclose(model.video[1].running_mean[:d], -model.video[1].running_mean[d:2 * d])
+    model.eval()
+    scores = embed_rows(model.embed_video, video[500:]) @ embed_rows(model.embed_music, audio[500:]).T
+    expected = baseline.score(video[500:], audio[500:])
+    assert np.corrcoef(scores.ravel(), expected.ravel())[0, 1] > 0.95
+    hits = lambda s: np.mean(s.argmax(1) == np.arange(100))  # noqa: E731
+    assert hits(scores) >= hits(expected) - 0.05 and hits(expected) > 0.3
+
+
 def test_learns_nonlinear_relation_that_cca_misses(tmp_path):
     quadratic_data(tmp_path)
     best = train.train(train_args(tmp_path, tmp_path / "run", "--epochs", "12"))

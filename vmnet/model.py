@@ -77,3 +77,53 @@ def embed_rows(embed, rows, batch=4096, device="cpu"):
     """Apply an embedding function to (n, D) numpy rows in batches on `device` -> (n, E) float32 numpy."""
     out = [embed(torch.as_tensor(rows[i:i + batch], dtype=torch.float32, device=device)).cpu() for i in range(0, len(rows), batch)]
     return torch.cat(out).numpy()
+
+
+@torch.no_grad()
+def init_from_cca(model, proj_video, proj_audio, video_rows, audio_rows, rest_scale=0.1):
+    """Start VM-NET at a linear CCA solution, so training refines the linear model instead of rediscovering it.
+
+    proj_video (Dv, k), proj_audio (Da, k): canonical directions for the raw inputs (vmr.baselines.CCA).
+    The first layer's units 0..k-1 get the directions and units k..2k-1 their negatives, so after
+    BN-ReLU they hold relu(u) and relu(-u) of the standardised canonical variates u; a middle layer passes
+    both halves on unchanged, and the last layer's output j < k reads relu(u_j) - relu(-u_j) = u_j. The last
+    BN's scale is 1 on those k outputs and rest_scale on the others, whose rows keep their random start: the
+    embedding starts as the k canonical variates with equal weight (the tuned CCA baseline) and every other
+    unit is free to learn. BN running statistics are set from video_rows / audio_rows (the training rows).
+    """
+    for branch, proj, std in ((model.video, proj_video, model.video_std), (model.music, proj_audio, model.audio_std)):
+        linears = [m for m in branch if isinstance(m, nn.Linear)]
+        k = proj.shape[1]
+        if 2 * k > min(m.out_features for m in linears[:-1]) or k > linears[-1].out_features:
+            raise ValueError(f"{k} CCA directions do not fit layers of {[m.out_features for m in linears]} units")
+        w = torch.as_tensor(proj, dtype=torch.float32).T * std  # directions on the standardised inputs
+        eye = torch.eye(k)
+        first = linears[0]
+        first.weight[:k], first.weight[k:2 * k], first.bias[:2 * k] = w, -w, 0
+        for layer in linears[1:]:
+            rows = slice(0, 2 * k) if layer is not linears[-1] else slice(0, k)
+            layer.weight[rows], layer.bias[rows] = 0, 0
+            layer.weight[:k, :k], layer.weight[:k, k:2 * k] = eye, -eye
+            if layer is not linears[-1]:
+                layer.weight[k:2 * k, :k], layer.weight[k:2 * k, k:2 * k] = -eye, eye
+        last_norm = [m for m in branch if isinstance(m, nn.BatchNorm1d)][-1]
+        last_norm.weight.fill_(rest_scale)
+        last_norm.weight[:k] = 1.0
+        last_norm.bias.zero_()
+    calibrate_batch_norm(model, video_rows, audio_rows)
+
+
+@torch.no_grad()
+def calibrate_batch_norm(model, video_rows, audio_rows):
+    """Set every BN layer's running mean and variance to the statistics of the given rows (one pass, no dropout)."""
+    norms = [m for m in model.modules() if isinstance(m, nn.BatchNorm1d)]
+    momenta, was_training = [m.momentum for m in norms], model.training
+    model.eval()  # dropout off
+    for m in norms:
+        m.reset_running_stats()
+        m.momentum = None  # cumulative average: after one pass, that pass's statistics
+        m.train()
+    model(torch.as_tensor(video_rows, dtype=torch.float32), torch.as_tensor(audio_rows, dtype=torch.float32))
+    for m, momentum in zip(norms, momenta):
+        m.momentum = momentum
+    model.train(was_training)

@@ -10,8 +10,9 @@ learning rate, so learning rate and epochs are chosen on validation only. The te
 after training (metrics.json / retrieval.json), never used for selection.
 
 Presets: "tuned" (default) standardises inputs with the training split's statistics (stored in the
-checkpoint), and regularises with AdamW weight decay, dropout and random-crop pooling (each epoch, an
-item's features are averaged over a random window of at least --crop of its seconds); "paper" keeps
+checkpoint), and regularises with AdamW weight decay, dropout and random-window pooling (each epoch, an
+item's video and music are averaged over the same short random window, 10-30% of its seconds: many more
+distinct training pairs than items, whose shared latent changes from window to window); "paper" keeps
 Hong et al. 2018's settings for comparison; "original" smerrillunc/VMR's. Every preset keeps the
 paper's architecture and losses (vmnet/model.py, vmnet/losses.py).
 
@@ -31,24 +32,25 @@ import torch
 from feature_extraction.atomic import atomic_path, write_text
 from vmnet.data import check_dims, check_overlap, feature_names, load_sequences, read_ids
 from vmnet.losses import vmnet_loss
-from vmnet.model import VMNet, embed_rows
+from vmnet.model import VMNet, embed_rows, init_from_cca
+from vmr.baselines import CCA, tuned_cca
 from vmr.metrics import check_finite, retrieval_metrics, selection_key
 from vmr.runs import check_resume_flags, feature_provenance, prepare_run_dir
 
 PRESETS = {
-    "tuned": {"margin": 0.2, "top_k": 10, "lr": [1e-3, 3e-4], "dropout": 0.5, "weight_decay": 1e-2, "crop": 0.5,
-              "batch_size": 256, "patience": 10, "standardize": True},
+    "tuned": {"init": "cca", "margin": 0.2, "top_k": 10, "lr": [1e-3, 3e-4], "dropout": 0.5, "weight_decay": 1e-2, "crop": [0.1, 0.3],
+              "batch_size": 256, "epochs": 200, "patience": 20, "standardize": True},
     # Hong et al. 2018 (and csehong/VM-NET): cosine margin 0.1, 100 hardest negatives, Adam 3e-4, keep_prob 0.9.
-    "paper": {"margin": 0.1, "top_k": 100, "lr": [3e-4], "dropout": 0.1, "weight_decay": 0.0, "crop": 0.0,
-              "batch_size": 1024, "patience": 0, "standardize": False},
+    "paper": {"init": "random", "margin": 0.1, "top_k": 100, "lr": [3e-4], "dropout": 0.1, "weight_decay": 0.0, "crop": [1.0, 1.0],
+              "batch_size": 1024, "epochs": 100, "patience": 0, "standardize": False},
     # smerrillunc/VMR VMNET/train.py at HEAD: margin 0.5, train_top_K 10.
-    "original": {"margin": 0.5, "top_k": 10, "lr": [3e-4], "dropout": 0.1, "weight_decay": 0.0, "crop": 0.0,
-                 "batch_size": 1024, "patience": 0, "standardize": False},
+    "original": {"init": "random", "margin": 0.5, "top_k": 10, "lr": [3e-4], "dropout": 0.1, "weight_decay": 0.0, "crop": [1.0, 1.0],
+                 "batch_size": 1024, "epochs": 100, "patience": 0, "standardize": False},
 }
 LOG_COLUMNS = ["epoch", "lr_index", "train_loss", "val_R@1", "val_R@10", "val_MedR", "seconds", "loss_xy", "loss_yx",
                "loss_x", "loss_y", "lr"]
 # flags that define the run; the rest (paths to outputs, epochs, resume) may change on --resume
-RUN_FLAGS = ["preset", "margin", "top_k", "lr", "dropout", "weight_decay", "crop", "augment", "batch_size", "patience", "standardize",
+RUN_FLAGS = ["preset", "init", "margin", "top_k", "lr", "dropout", "weight_decay", "crop", "batch_size", "patience", "standardize",
              "lr_decay", "lr_decay_steps", "loss_weights", "num_layers_music", "num_layers_video", "embed_dim",
              "val_fraction", "max_seconds", "seed"]
 
@@ -63,14 +65,18 @@ def parse_args(argv=None):
     p.add_argument("--overwrite", action="store_true", help="remove the results of an earlier run in --save_dir first")
     p.add_argument("--preset", choices=sorted(PRESETS), default="tuned",
                    help="defaults of the flags below: tuned (default; see above), paper (Hong et al. 2018), original (smerrillunc/VMR)")
-    p.add_argument("--epochs", type=int, default=100, help="most passes over the training ids per learning rate (default 100)")
-    p.add_argument("--patience", type=int, help="stop a learning rate after this many epochs without a better validation score; 0 = never (tuned 10, paper 0)")
+    p.add_argument("--init", choices=("cca", "random"),
+                   help="cca: start at the tuned pooled CCA baseline (fitted on the training ids, ridge and directions chosen on "
+                        "validation; vmnet/model.py init_from_cca), random: He initialisation (tuned cca, paper random)")
+    p.add_argument("--epochs", type=int, help="most passes over the training ids per learning rate (tuned 200, paper 100)")
+    p.add_argument("--patience", type=int, help="stop a learning rate after this many epochs without a better validation score; 0 = never (tuned 20, paper 0)")
     p.add_argument("--batch_size", type=int, help="batch size, clipped to the number of training ids; incomplete batches are dropped (tuned 256, paper 1024)")
     p.add_argument("--lr", type=float, nargs="+", help="AdamW learning rates to try; the best on validation is kept (tuned 1e-3 3e-4, paper 3e-4)")
     p.add_argument("--weight_decay", type=float, help="AdamW weight decay (tuned 1e-2, paper 0)")
     p.add_argument("--dropout", type=float, help="dropout probability (tuned 0.5, paper 0.1 = keep_prob 0.9)")
-    p.add_argument("--crop", type=float, help="random-crop pooling: shortest window as a share of an item's seconds; 0 = whole items (tuned 0.5, paper 0)")
-    p.add_argument("--augment", choices=("crop", "paired", "bootstrap"), default="crop", help="crop windows: crop = separate for video and audio, paired = the same seconds, bootstrap = seconds resampled (default crop)")
+    p.add_argument("--crop", type=float, nargs=2, metavar=("LOW", "HIGH"),
+                   help="random-window pooling: each epoch, every item's video and music are averaged over the same random window, "
+                        "its width a uniform share in [LOW, HIGH] of the item's seconds; 1 1 = whole items (tuned 0.1 0.3, paper 1 1)")
     p.add_argument("--standardize", type=int, choices=(0, 1), help="1: standardise inputs with the training split's mean and std (tuned 1, paper 0)")
     p.add_argument("--lr_decay", type=float, default=0.96, help="staircase decay factor (default 0.96, the paper's, every --lr_decay_steps)")
     p.add_argument("--lr_decay_steps", type=int, default=1000, help="steps between learning-rate decays (default 1000)")
@@ -165,35 +171,42 @@ def plain_args(args):
 
 
 class CropPooler:
-    """Each epoch's training rows: every item's video and audio rows mean-pooled over a random window of at least
-    `crop` of its seconds (crop 0: whole items). augment "crop": separate windows for video and audio; "paired":
-    one window for both (the same seconds); "bootstrap": both averaged over the same T seconds drawn with replacement."""
+    """Each epoch's training rows: every item's video and music rows mean-pooled over one random window of the
+    same seconds, its width a uniform share in [low, high] of the item's seconds ((1, 1): whole items).
+    video / audio: lists of (T, D) arrays or a split folder's LazyRows, read one item at a time each epoch, so
+    memory does not grow with the number of items."""
 
-    def __init__(self, video, audio, crop, augment="crop"):
-        self.crop, self.augment, self.video, self.audio = crop, augment, video, audio
-        cumsum = lambda s: np.concatenate([np.zeros((1, s.shape[1]), np.float32), np.cumsum(s, 0, dtype=np.float32)])  # noqa: E731
-        self.sums = [(cumsum(v), cumsum(a)) for v, a in zip(video, audio)]
-
-    def window(self, rng, t):
-        width = t if self.crop <= 0 else max(1, int(round(t * rng.uniform(self.crop, 1.0))))
-        start = int(rng.integers(0, t - width + 1))
-        return start, width
+    def __init__(self, video, audio, share):
+        self.low, self.high = share
+        self.video, self.audio = video, audio
 
     def __call__(self, rng):
+        cumsum = lambda s: np.concatenate([np.zeros((1, s.shape[1]), np.float32), np.cumsum(s, 0, dtype=np.float32)])  # noqa: E731
         video, audio = [], []
-        for (sv, sa), v, a in zip(self.sums, self.video, self.audio):
+        for v, a in zip(self.video, self.audio):
+            sv, sa = cumsum(v), cumsum(a)
             t = len(sv) - 1
-            if self.augment == "bootstrap":
-                rows = rng.integers(0, t, size=t)
-                video.append(v[rows].mean(0))
-                audio.append(a[rows].mean(0))
-                continue
-            start, width = self.window(rng, t)
+            width = min(t, max(1, int(round(t * rng.uniform(self.low, self.high)))))
+            start = int(rng.integers(0, t - width + 1))
             video.append((sv[start + width] - sv[start]) / width)
-            if self.augment == "crop":
-                start, width = self.window(rng, t)
             audio.append((sa[start + width] - sa[start]) / width)
-        return torch.from_numpy(np.stack(video).astype(np.float32)), torch.from_numpy(np.stack(audio).astype(np.float32))
+        return torch.from_numpy(np.stack(video)), torch.from_numpy(np.stack(audio))
+
+
+def linear_start(args, train, val, max_dims=512):
+    """With --init cca: the (video, audio) canonical directions VM-NET starts from, those of the tuned pooled CCA
+    baseline (ridge and number of directions chosen on validation, as every evaluation reports it); without
+    validation ids, ridge 1e-2 and all directions. None with --init random."""
+    if args.init != "cca":
+        return None
+    if val[0] is None:
+        cca, dims, ridge = CCA(*train, 1e-2), max_dims, 1e-2
+    else:
+        baseline = tuned_cca(train, val)
+        cca, dims, ridge = baseline.model, baseline.dims, baseline.ridge
+    dims = min(dims, max_dims, cca.proj_v.shape[1])
+    print(f"VM-NET starts at pooled CCA: ridge {ridge:g}, {dims} directions", file=sys.stderr)
+    return cca.proj_v[:, :dims], cca.proj_a[:, :dims]
 
 
 def train(args):
@@ -217,7 +230,7 @@ def train(args):
         check_dims(args.test_data_dir, read_ids(args.test_csv_path), dims)
     pool = lambda rows: np.stack([r.mean(0) for r in rows]) if rows else None  # noqa: E731
     video_pool, audio_pool, val_video, val_audio = pool(train_v), pool(train_a), pool(val_v), pool(val_a)
-    crops = CropPooler(train_v, train_a, args.crop, args.augment)
+    crops = CropPooler(train_v, train_a, args.crop)
 
     config = {"video_dim": dims[0], "audio_dim": dims[1], "num_layers_video": args.num_layers_video,
               "num_layers_music": args.num_layers_music, "embed_dim": args.embed_dim, "dropout": args.dropout}
@@ -235,12 +248,15 @@ def train(args):
 
     from tqdm import tqdm
 
+    start = linear_start(args, (video_pool, audio_pool), (val_video, val_audio), min(512, args.embed_dim))
     for lr_index in range(lr_index, len(args.lr)):
         lr0 = args.lr[lr_index]
         torch.manual_seed(args.seed)
         model = VMNet(**config).to(device)
         if args.standardize:
             model.set_input_stats(video_pool.mean(0), video_pool.std(0), audio_pool.mean(0), audio_pool.std(0))
+        if args.init == "cca":
+            init_from_cca(model, *start, video_pool, audio_pool)
         optimizer = torch.optim.AdamW(model.parameters(), lr=lr0, weight_decay=args.weight_decay)
         shuffle = torch.Generator().manual_seed(args.seed)
         rng = np.random.default_rng(args.seed)
