@@ -226,10 +226,11 @@ def error_text(e):
     return getattr(e, "strerror", None) or str(e)
 
 
-def open_video(path, threads=0):
-    """(container, video stream or None, audio stream or None, VideoInfo); InputError if unreadable."""
+def open_video(path, threads=0, hwaccel=None):
+    """(container, video stream or None, audio stream or None, VideoInfo); InputError if unreadable.
+    hwaccel: a PyAV HWAccel the video is decoded with (feature_extraction/gpu_decode.py), None = software."""
     try:
-        container = av.open(str(path))
+        container = av.open(str(path), hwaccel=hwaccel)
     except (av.FFmpegError, OSError) as e:
         raise InputError(f"cannot open: {error_text(e)}") from None
     videos = [s for s in container.streams.video if not s.disposition & av.stream.Disposition.attached_pic]
@@ -241,6 +242,9 @@ def open_video(path, threads=0):
     if vstream is not None:
         vstream.thread_type = "AUTO"
         vstream.codec_context.thread_count = threads
+        if hwaccel is not None and not vstream.codec_context.is_hwaccel:
+            print(f"notice: {path}: NVDEC does not decode {vstream.codec_context.name}; decoding it on the CPU",
+                  file=sys.stderr)
     rate = vstream.average_rate if vstream is not None else None
     info = VideoInfo(
         path=path,
@@ -497,16 +501,17 @@ def blas():
     return ThreadpoolController()
 
 
-def run_pass(path, extractors, max_seconds=None, threads=0):
+def run_pass(path, extractors, max_seconds=None, threads=0, hwaccel=None):
     """Decode `path` once and feed every extractor (begin, add_frame, add_audio, all called on this
     thread); the caller calls end(). Raises InputError when the file cannot be opened or decoding fails.
+    hwaccel: decode the video on the GPU (see open_video), None = FFmpeg's software decoders.
 
     numpy's BLAS runs on one thread meanwhile: its products here (resampling, log-mel) are small and
     run beside torch's threads and the decoding thread, and more BLAS threads fight them for the
     cores (a 1 ms resampling product took 40 ms on a busy 2-core machine).
     """
     path = Path(path)
-    container, vstream, astream, info = open_video(path, threads)
+    container, vstream, astream, info = open_video(path, threads, hwaccel)
     limit = exact(max_seconds) if max_seconds else None
     for e in extractors:
         e.begin(info)

@@ -56,26 +56,6 @@ def test_without_a_gpu_decoder_one_notice_and_the_cpu_pass(capsys):
     assert capsys.readouterr().err.count("notice:") == 1  # cuda once, cpu never
 
 
-def test_gpu_pass_plumbing_gives_the_cpu_pass_result(make_clip):
-    """gpu_decode.run_pass with FFmpeg's software decoders: the same frames, audio and time axis as decode.run_pass."""
-    clip = make_clip("v.mp4", seconds=3.3, width=96, height=64, fps=30, motion=[(0, 3.3)], channels=6)
-    (a, ra), (b, rb) = grab(decode.run_pass, clip, max_seconds=3.0), grab(gpu_decode.run_pass, clip, max_seconds=3.0)
-    assert (rb.t_video, rb.t_audio, rb.seconds_decoded) == (ra.t_video, ra.t_audio, ra.seconds_decoded) == (3, 3, 3.0)
-    assert b.info == a.info and len(b.frames) == len(a.frames) == 3
-    for (i, pts, rgb), (j, pts_b, rgb_b) in zip(a.frames, b.frames):
-        assert (i, pts) == (j, pts_b) and np.array_equal(rgb, rgb_b)
-    np.testing.assert_array_equal(np.concatenate(b.audio), np.concatenate(a.audio))
-
-
-def test_gpu_pass_reports_unreadable_input_as_the_cpu_pass(tmp_path):
-    bad = tmp_path / "bad.mp4"
-    bad.write_text("not a video")
-    with pytest.raises(Exception) as cpu:
-        decode.run_pass(bad, [Grab()])
-    with pytest.raises(type(cpu.value), match="cannot open"):
-        gpu_decode.run_pass(bad, [Grab()])
-
-
 @no_gpu
 def test_gpu_bench_runs_up_to_its_first_cuda_call(weights_cache, tmp_path):
     """bench/gpu.py makes its 720p H.264 + AAC clips and finds its weights, then stops with one line."""
@@ -131,7 +111,7 @@ def test_nvdec_frames_equal_the_cpu_decoders(make_clip):
     assert hwaccel is not None
     with av.open(str(clip), hwaccel=hwaccel) as container:
         assert container.streams.video[0].codec_context.is_hwaccel
-    (a, ra), (b, rb) = grab(decode.run_pass, clip), grab(gpu_decode.run_pass, clip, hwaccel=hwaccel)
+    (a, ra), (b, rb) = grab(decode.run_pass, clip), grab(decode.run_pass, clip, hwaccel=hwaccel)
     assert (rb.t_video, rb.t_audio) == (ra.t_video, ra.t_audio) == (3, 3)
     assert len(a.frames) == len(b.frames) == 3
     for (_, _, rgb), (_, _, rgb_b) in zip(a.frames, b.frames):
