@@ -110,12 +110,14 @@ class NonFiniteLoss(RuntimeError):
 
 
 def input_stats(items):
-    """Mean and std of every video and audio row of the training items (float64 sums, one pass)."""
+    """Mean and std of every video and audio row of the training items (float64 sums, one read of each item)."""
     out = []
     for kind in ("video", "audio"):
-        n = sum(len(getattr(it, kind)) for it in items)
-        total = sum(getattr(it, kind).sum(0, dtype=np.float64) for it in items)
-        squares = sum(np.square(getattr(it, kind), dtype=np.float64).sum(0) for it in items)
+        n, total, squares = 0, 0.0, 0.0
+        for rows in item_rows(items, kind):
+            n += len(rows)
+            total = total + rows.sum(0, dtype=np.float64)
+            squares = squares + np.square(rows, dtype=np.float64).sum(0)
         mean = total / n
         out += [mean, np.sqrt(np.maximum(squares / n - mean * mean, 0))]
     return out
