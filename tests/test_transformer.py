@@ -117,8 +117,9 @@ def test_linear_start_is_the_aligned_linear_baseline_and_smoothing_lifts_it(tmp_
     load = lambda ids: load_items(tmp_path, ids, tmp_path / "flow" / "ranks.csv")  # noqa: E731
     train_items, val_items = load([f"pair{i:05d}" for i in range(130)]), load([f"pair{i:05d}" for i in range(130, 160)])
     test_items = load([f"pair{i:05d}" for i in range(160, 260)])
-    start = train.linear_start(train_items, val_items)
+    start = train.linear_start(train_items, val_items, max_dims=64)
     assert 1 <= start[0].shape[1] <= 64 and start[0].shape == (256, start[1].shape[1]) and start[1].shape[0] == 64
+    assert train.linear_start(train_items, val_items, max_dims=2)[0].shape[1] <= 2  # never more than the embedding holds
     baseline = tuned_aligned_linear(([it.video for it in train_items], [it.audio for it in train_items]),
                                     ([it.video for it in val_items], [it.audio for it in val_items]))
     expected = baseline.score([it.video for it in test_items], [it.audio for it in test_items])

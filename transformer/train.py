@@ -123,19 +123,20 @@ def input_stats(items):
     return out
 
 
-def linear_start(train_items, val_items, ridge=1e-2):
+def linear_start(train_items, val_items, max_dims, ridge=1e-2):
     """(video directions (Dv, d), audio directions (Da, d), video mean, audio mean, ridge) of the tuned time-aligned
-    linear baseline (per-second CCA, ridge and d chosen on the validation items, as every evaluation reports it);
-    without validation items, ridge `ridge` and all directions."""
-    from vmr.baselines import CCA, tuned_aligned_linear
+    linear baseline (per-second CCA, ridge and d <= max_dims chosen on the validation items, as every evaluation
+    tunes it); without validation items, ridge `ridge` and the first max_dims directions."""
+    from vmr.baselines import CCA, DIMS, tuned_aligned_linear
 
     train = (item_rows(train_items, "video"), item_rows(train_items, "audio"))
     if val_items:
-        baseline = tuned_aligned_linear(train, (item_rows(val_items, "video"), item_rows(val_items, "audio")))
+        val = (item_rows(val_items, "video"), item_rows(val_items, "audio"))
+        baseline = tuned_aligned_linear(train, val, dims=[d for d in DIMS if d <= max_dims] or [max_dims])
         cca, dims, ridge = baseline.model, baseline.dims, baseline.ridge
     else:
         cca = CCA(*train, ridge)
-        dims = cca.proj_v.shape[1]
+        dims = min(max_dims, cca.proj_v.shape[1])
     return cca.proj_v[:, :dims], cca.proj_a[:, :dims], cca.mean_v, cca.mean_a, ridge
 
 
@@ -283,7 +284,7 @@ def run(args):
                                args.max_seq_len, args.smooth).to(device)
     model.set_input_stats(*input_stats(train_items))
     if args.init == "linear":
-        start = linear_start(train_items, val_items)
+        start = linear_start(train_items, val_items, args.embed_dim)
         print(f"starting at the time-aligned linear model: ridge {start[4]:g}, {start[0].shape[1]} directions", file=sys.stderr)
         init_from_linear(model, *start[:4])
     optimizer = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=args.weight_decay)
