@@ -19,7 +19,7 @@ import torch
 from vmnet.losses import vmnet_loss
 from vmr.metrics import normalize_rows
 from vmnet.model import VMNet
-from vmnet.retrieve import build_faiss, search
+from vmr.search import build_faiss, search
 
 
 def matmul_flops_per_s(device, n=2048, repeats=5):

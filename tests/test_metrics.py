@@ -112,7 +112,7 @@ def test_av_align_report_reads_peak_folders(tmp_path):
 
 
 def test_faiss_flat_top10_equals_exact():
-    from vmnet.retrieve import build_faiss, search
+    from vmr.search import build_faiss, search
 
     rng = np.random.default_rng(4)
     emb = M.normalize_rows(rng.normal(size=(3000, 512)))

@@ -164,7 +164,7 @@ def clustered(n, dim, clusters, rng, spread=0.5):
 
 def test_faiss_recall_on_clustered_embeddings():
     pytest.importorskip("faiss", reason="faiss-cpu is in requirements.txt (make setup installs it)")
-    from vmnet.retrieve import build_faiss, search
+    from vmr.search import build_faiss, search
 
     rng = np.random.default_rng(0)
     emb = clustered(6000, 64, 60, rng).astype(np.float32)
@@ -174,3 +174,16 @@ def test_faiss_recall_on_clustered_embeddings():
         idx, _ = search(emb, queries, 10, build_faiss(emb, kind, nprobe=16, ef_search=256))
         recall = np.mean([len(set(a) & set(b)) / 10 for a, b in zip(exact, idx)])
         assert recall >= 0.95, (kind, recall)
+
+
+def test_aligned_baseline_scores_in_blocks_equal_one_block():
+    from vmr.baselines import tuned_aligned_linear
+
+    rng = np.random.default_rng(5)
+    lengths = rng.integers(5, 30, 40)
+    video = [rng.standard_normal((t, 12)).astype(np.float32) for t in lengths]
+    audio = [v[:, :6] + 0.5 * rng.standard_normal((len(v), 6)).astype(np.float32) for v in video]
+    baseline = tuned_aligned_linear((video[:30], audio[:30]), (video[30:], audio[30:]))
+    whole = baseline.score(video, audio, chunk=1000)
+    assert whole.shape == (40, 40) and np.all(np.diag(whole) > 0.2)
+    np.testing.assert_allclose(baseline.score(video, audio[:33], chunk=7), whole[:, :33], rtol=1e-5, atol=1e-6)

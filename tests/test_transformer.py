@@ -305,3 +305,34 @@ def test_test_data_of_another_width_fails_before_training_and_in_test(tmp_path, 
                                 "--test_csv_path", str(tmp_path / "other" / "test.csv"), "--out", str(tmp_path / "m.json")])
     err = capsys.readouterr().err.strip().splitlines()
     assert rc == 1 and err[-1].startswith("error: ") and "widths 20/16, the training data 32/16" in err[-1]
+
+
+def test_retrieve_from_a_split_library_equals_the_folder_library_and_faiss_equals_exact(tmp_path, capsys):
+    """The library may be a split folder (read one track at a time); on a library this small every FAISS index
+    visits all tracks, so --faiss flat, ivf and hnsw answer exactly as the exact search."""
+    from transformer import retrieve
+    from vmr.splits import split_from_folder
+
+    data = write_small(tmp_path / "data", 40, 10)
+    assert train.main(["--train_data_dir", str(data), "--train_csv_path", str(data / "train.csv"), "--flow_ranks",
+                       str(data / "flow" / "ranks.csv"), "--save_dir", str(tmp_path / "run"), "--threads", "1", "--epochs", "1"]) == 0
+    ids = sorted(p.stem for p in (data / "audio").glob("*.npy"))
+    split_from_folder(data, ids, tmp_path / "library")
+    checkpoint = str(tmp_path / "run" / "best.pt")
+    query = [str(data / "video" / f"{vid}.npy") for vid in ids[:3]]
+    answers = {}
+    for name, library in (("folder", data / "audio"), ("split", tmp_path / "library")):
+        index = tmp_path / f"{name}.npz"
+        assert retrieve.main(["--build_index", "--library", str(library), "--checkpoint", checkpoint, "--index", str(index)]) == 0
+        for search in ("exact", "flat", "ivf", "hnsw"):
+            capsys.readouterr()
+            argv = ["--index", str(index), "--checkpoint", checkpoint, "--query", *query, "--flow_ranks",
+                    str(data / "flow" / "ranks.csv"), "--json", "--top_k", "5"] + ([] if search == "exact" else ["--faiss", search])
+            assert retrieve.main(argv) == 0
+            out = json.loads(capsys.readouterr().out)
+            assert out["tracks"] == len(ids) and out["search"] == search
+            answers[name, search] = [([t["id"] for t in r["top"]], [round(t["score"], 4) for t in r["top"]],
+                                      [(s["track"], s["track_start"], s["track_end"]) for s in r["segments"]]) for r in out["results"]]
+    exact = answers["folder", "exact"]
+    assert len(exact) == 3 and all(len(top) == 5 and len(segments) >= 2 for top, _, segments in exact)
+    assert all(answer == exact for answer in answers.values())

@@ -8,13 +8,14 @@ are extracted on the fly); each track is cut where its audio features change (no
 Query with a video file (features and flow segments extracted first) or a video feature file
 with its segments (--flow_ranks ranks.csv, or --segments_from features):
 
-    python transformer/retrieve.py --index INDEX.npz --checkpoint runs/transformer/best.pt --query clip.mp4 [--json]
+    python transformer/retrieve.py --index INDEX.npz --checkpoint runs/transformer/best.pt --query clip.mp4 [--json] [--faiss hnsw]
 
 Every track is embedded once: its music is cut at its own change points (vmr.segments, stored in the
 index so nothing is segmented twice) and encoded into one vector per second. The pooled track vectors find
 each query's top --rerank candidates; the aligned score (mean cosine of the time-aligned per-second
 vectors, no encoder pass per pair) orders them; and for each query segment the library segment with the
-highest cosine is shown with its start and end seconds.
+highest cosine is shown with its start and end seconds. Both searches are exact, or approximate through
+FAISS (--faiss ivf|hnsw) for libraries of hundreds of thousands of tracks.
 
 INDEX.npz holds ids, track_emb (N, E) pooled, seq_emb (sum T, E) float16 per-second vectors with
 seq_offsets (N + 1,), the music segments seg_track / seg_start / seg_end with seg_emb, and meta.
@@ -36,10 +37,11 @@ from tqdm import tqdm
 from transformer.data import split_parts, video_segments
 from transformer.model import load_model
 from transformer.scoring import embed_tracks, pair_scores, pool, segment_vectors
-from vmnet.retrieve import EXTRACT_ARGS, RetrievalError, check_queries, list_library, search, video_queries
+from vmnet.retrieve import EXTRACT_ARGS, RetrievalError, check_queries, list_library, video_queries
 from vmr.baselines import pad_sequences
 from vmr.evaluation import sha256_file
 from vmr.runs import check_folder
+from vmr.search import add_search_arguments, index_for, search
 from vmr.segments import music_segments
 from vmr.splits import LazyRows, Split, is_split
 
@@ -195,13 +197,15 @@ def query_items(paths, ckpt, flow_ranks=None, segments_from="ranks", extract_arg
     return items, time.perf_counter() - started
 
 
-def answer(model, index, query, top_k=5, rerank=100):
+def answer(model, index, query, top_k=5, rerank=100, track_index=None, segment_index=None):
     """Top tracks (pooled search of max(top_k, rerank) candidates, ordered by the aligned score) and the
-    best library segment for each query segment."""
+    best library segment for each query segment. track_index / segment_index: FAISS indexes over the
+    index's track_emb / seg_emb (vmr.search.index_for), or None for exact search."""
     video, parts = query
     seq = embed_tracks(model.video, [video], [parts])[0]
-    idx, pooled = search(index["track_emb"], pool([seq]), max(top_k, rerank))
-    candidates, pooled = idx[0], pooled[0]
+    idx, pooled = search(index["track_emb"], pool([seq]), max(top_k, rerank), track_index)
+    found = idx[0] >= 0  # FAISS marks missing results with -1
+    candidates, pooled = idx[0][found], pooled[0][found]
     offsets = index["seq_offsets"]
     tracks = [index["seq_emb"][offsets[c]:offsets[c + 1]].astype(np.float32) for c in candidates]
     q, q_len = pad_sequences([seq])
@@ -209,17 +213,15 @@ def answer(model, index, query, top_k=5, rerank=100):
     aligned = pair_scores(q, q_len, g, g_len, np.zeros(len(tracks), int), np.arange(len(tracks)))
     order = np.argsort(-aligned, kind="stable")[:top_k]
     top = [{"id": index["ids"][candidates[j]], "score": float(aligned[j]), "pooled": float(pooled[j])} for j in order]
-    query_segments = segment_vectors(seq, parts)
-    sims = query_segments @ index["seg_emb"].T
-    best = sims.argmax(1)
+    best, best_scores = search(index["seg_emb"], segment_vectors(seq, parts), 1, segment_index)
     segments = [{"start": int(s), "end": int(e), "track": index["ids"][index["seg_track"][j]],
-                 "track_start": int(index["seg_start"][j]), "track_end": int(index["seg_end"][j]), "score": float(sims[k, j])}
-                for k, ((s, e), j) in enumerate(zip(parts, best))]
+                 "track_start": int(index["seg_start"][j]), "track_end": int(index["seg_end"][j]), "score": float(score)}
+                for (s, e), j, score in zip(parts, best[:, 0], best_scores[:, 0]) if j >= 0]
     return top, segments
 
 
 def print_table(result, n_tracks):
-    print(f"{result['query']}: top {len(result['top'])} of {n_tracks} tracks (pooled search, aligned rerank of "
+    print(f"{result['query']}: top {len(result['top'])} of {n_tracks} tracks ({result['search']} pooled search, aligned rerank of "
           f"{result['reranked']}; {result['search_seconds'] * 1000:.1f} ms)")
     print(f"  {'rank':>4}  {'aligned':>7}  {'pooled':>7}  track")
     for rank, t in enumerate(result["top"], 1):
@@ -243,6 +245,7 @@ def build_parser():
     p.add_argument("--top_k", type=int, default=5, help="tracks to return per query (default 5)")
     p.add_argument("--rerank", type=int, default=100,
                    help="pooled candidates reordered by the aligned score (default 100; at least --top_k)")
+    add_search_arguments(p)  # the pooled track search and the segment search
     p.add_argument("--json", action="store_true", help="print JSON (results with extraction and search seconds) instead of a table")
     p.add_argument("--weights", choices=("official", "random"), default="official",
                    help="weights for on-the-fly extraction (random: tests and demos only)")
@@ -270,18 +273,22 @@ def main(argv=None):
         model, ckpt = load_model(args.checkpoint)
         index = load_index(args.index, args.checkpoint)
         items, extraction_seconds = query_items(args.query, ckpt, args.flow_ranks, args.segments_from, extract_args)
+        started = time.perf_counter()
+        track_index, segment_index = index_for(index["track_emb"], args), index_for(index["seg_emb"], args)
+        index_seconds = time.perf_counter() - started
         results = []
         for path, item in items:
             started = time.perf_counter()
-            top, segments = answer(model, index, item, args.top_k, args.rerank)
-            results.append({"query": path, "search_seconds": time.perf_counter() - started, "top": top,
-                            "segments": segments, "reranked": min(max(args.rerank, args.top_k), len(index["ids"]))})
+            top, segments = answer(model, index, item, args.top_k, args.rerank, track_index, segment_index)
+            results.append({"query": path, "search": args.faiss or "exact", "search_seconds": time.perf_counter() - started,
+                            "top": top, "segments": segments, "reranked": min(max(args.rerank, args.top_k), len(index["ids"]))})
     except (RetrievalError, OSError, ValueError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 1
     if args.json:
         print(json.dumps({"index": str(args.index), "tracks": len(index["ids"]), "segments": len(index["seg_track"]),
-                          "extraction_seconds": extraction_seconds, "results": results}, indent=2))
+                          "search": args.faiss or "exact", "extraction_seconds": extraction_seconds, "index_seconds": index_seconds,
+                          "results": results}, indent=2))
     else:
         for result in results:
             print_table(result, len(index["ids"]))

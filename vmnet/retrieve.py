@@ -31,6 +31,7 @@ from vmr.metrics import normalize_rows
 from vmnet.model import embed_rows, model_from_checkpoint
 from vmr.evaluation import sha256_file
 from vmr.runs import check_folder
+from vmr.search import add_search_arguments, index_for, search
 from vmr.splits import Split, is_split
 
 # feature folder name -> (extract.py token, extra flags) that produce it
@@ -167,41 +168,6 @@ def load_index(index_path, checkpoint):
     return ids, emb, meta
 
 
-def build_faiss(emb, kind, nlist=None, nprobe=8, hnsw_m=32, ef_search=64):
-    """A FAISS inner-product index over unit rows: flat (exact), ivf (IVFFlat) or hnsw (HNSWFlat)."""
-    import faiss
-
-    emb = np.ascontiguousarray(emb, dtype=np.float32)
-    d = emb.shape[1]
-    if kind == "flat":
-        index = faiss.IndexFlatIP(d)
-    elif kind == "ivf":
-        nlist = nlist or max(1, min(int(4 * np.sqrt(len(emb))), len(emb) // 39 or 1))
-        index = faiss.IndexIVFFlat(faiss.IndexFlatIP(d), d, nlist, faiss.METRIC_INNER_PRODUCT)
-        index.train(emb)
-        index.nprobe = min(nprobe, nlist)
-    elif kind == "hnsw":
-        index = faiss.IndexHNSWFlat(d, hnsw_m, faiss.METRIC_INNER_PRODUCT)
-        index.hnsw.efSearch = ef_search
-    else:
-        raise ValueError(f"unknown FAISS index {kind!r} (flat, ivf or hnsw)")
-    index.add(emb)
-    return index
-
-
-def search(emb, queries, k, index=None):
-    """Top-k (indices (q, k), scores (q, k)) by inner product: exact numpy, or a FAISS index."""
-    queries = np.ascontiguousarray(np.atleast_2d(queries), dtype=np.float32)
-    k = min(k, len(emb))
-    if index is not None:
-        scores, idx = index.search(queries, k)
-        return idx, scores
-    scores = queries @ emb.T
-    part = np.argpartition(-scores, k - 1, axis=1)[:, :k]
-    order = np.take_along_axis(part, np.argsort(-np.take_along_axis(scores, part, 1), axis=1, kind="stable"), 1)
-    return order, np.take_along_axis(scores, order, 1)
-
-
 def query_features(paths, ckpt, extract_args=()):
     """{path: pooled video vector} for .npy feature files and media files (extracted here); seconds spent."""
     cfg = ckpt["config"]
@@ -242,10 +208,7 @@ def main(argv=None):
                                      "or a split folder (vmnet/prepare.py --split_format mmap: its tracks, read one at a time)")
     p.add_argument("--query", nargs="+", help="video files (features extracted first) or video feature files (.npy)")
     p.add_argument("--top_k", type=int, default=5, help="tracks to return per query")
-    p.add_argument("--faiss", choices=("flat", "ivf", "hnsw"),
-                   help="search with a FAISS index instead of exact numpy search (default: exact search)")
-    p.add_argument("--nprobe", type=int, default=8, help="--faiss ivf: clusters visited per query (more: slower, closer to exact)")
-    p.add_argument("--ef_search", type=int, default=64, help="--faiss hnsw: search breadth (more: slower, closer to exact)")
+    add_search_arguments(p)
     p.add_argument("--json", action="store_true", help="print JSON (results with extraction and search seconds) instead of a table")
     p.add_argument("--weights", choices=("official", "random"), default="official",
                    help="weights for on-the-fly extraction (random: tests and demos only)")
@@ -271,7 +234,7 @@ def main(argv=None):
         print(f"error: {e}", file=sys.stderr)
         return 1
     t0 = time.perf_counter()
-    index = build_faiss(emb, args.faiss, nprobe=args.nprobe, ef_search=args.ef_search) if args.faiss else None
+    index = index_for(emb, args)
     index_seconds = time.perf_counter() - t0
     results = []
     for path, vec in feats.items():
