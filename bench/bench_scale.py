@@ -4,21 +4,22 @@ Data: for each size in BENCH_SCALE_SIZES (default 2000,20000) generated items of
 120) with 512-d video and 128-d audio rows (float32 .npy per item, written one item at a time: the generator
 holds one item), a flow ranks.csv and provenance. Then, each in a fresh process, peak RSS (os.wait4's ru_maxrss)
 and wall seconds of
-    prepare               vmnet/prepare.py --split_format mmap --dtype BENCH_SCALE_DTYPE (default float16), test 10 %
+    prepare               vmnet/prepare.py --split_format mmap --dtype BENCH_SCALE_DTYPE (default float16), with a
+                          test split of BENCH_SCALE_TEST_ITEMS ids (default 200) at every size: the training split
+                          grows, the test gallery stays (a gallery's scores grow with it by definition)
     vmnet_train           vmnet/train.py on DATA/train, --epochs 1 (one learning rate)
-    transformer_train     transformer/train.py on DATA/train, --epochs 1, stopped after BENCH_SCALE_TRAIN_SECONDS
-                          (default 240; 0 = never) since one epoch of 18,000 items of 120 s takes most of an hour on
-                          2 CPU cores; a stopped stage says so (peak RSS up to then: loading, CCA init, some steps),
-                          and a second run on the first 256 training ids (transformer_train_256_ids) makes the
-                          checkpoint for the test stage
+    transformer_train     transformer/train.py on DATA/train, --epochs 1 (linear start, one epoch, validation),
+                          stopped after BENCH_SCALE_TRAIN_SECONDS when > 0 (default 0 = never; a stopped stage says
+                          so, and a second run on the first 256 training ids, transformer_train_256_ids, makes the
+                          checkpoint for the test stage)
     vmnet_test            vmnet/test.py on DATA/test (with its baselines fitted on DATA/train)
-    transformer_test      transformer/test.py on DATA/test
+    transformer_test      transformer/test.py on DATA/test (the same)
 and the ratio of the largest size to the smallest per stage (goal: <= 1.3).
 
 Index: BENCH_SCALE_INDEX tracks (default 200,000) of clustered random unit float32 embeddings shaped like both
 models' (VM-NET: one 512-d vector per track; the Transformer: one 64-d vector per track plus
 BENCH_SCALE_SEGMENTS 64-d vectors per track, default 6), built in a child process (peak RSS, build seconds).
-Exact top-10 of one query (matrix-vector product + argpartition, vmnet.retrieve.search) is timed against the
+Exact top-10 of one query (matrix-vector product + argpartition, vmr.search.search) is timed against the
 memory-bandwidth bound measured in the same run (the time to stream the same bytes once: best of repeated
 column sums of the array); FAISS IVF-Flat and HNSW (inner product) report recall@10 against exact search and
 their speed-up, for a few nprobe / efSearch settings (HNSW only up to BENCH_SCALE_HNSW_MAX rows, default 500,000:
@@ -96,7 +97,7 @@ def generate(root, n, seconds, video_dim=512, audio_dim=128, seed=0):
         write_json(root / kind / "_feature.json", {"model": f"bench-scale-{kind}", "weights": "generated", "options": {"seed": seed}})
 
 
-def size_run(root, n, seconds, dtype, threads, train_limit):
+def size_run(root, n, seconds, dtype, threads, train_limit, test_items):
     features, data, runs = root / f"features_{n}", root / f"data_{n}", root / f"runs_{n}"
     t0 = time.perf_counter()
     generate(features, n, seconds)
@@ -110,7 +111,7 @@ def size_run(root, n, seconds, dtype, threads, train_limit):
         return finished
 
     record("prepare", ["vmnet/prepare.py", "--features", features, "--video", "video", "--audio", "audio", "--out", data,
-                       "--test_fraction", "0.1", "--split_format", "mmap", "--dtype", dtype])
+                       "--test_fraction", str(test_items / n), "--split_format", "mmap", "--dtype", dtype])
     shutil.rmtree(features / "video")  # the split folders hold the rows now; the per-item files go to save disk
     shutil.rmtree(features / "audio")
     out["split_bytes"] = sum(p.stat().st_size for p in (data / "train").iterdir() if p.is_file())
@@ -158,7 +159,7 @@ def best_seconds(fn, repeats):
 
 def index_table(emb, rng, name, n_queries=30, k=10):
     """Exact search against the bandwidth bound, FAISS IVF / HNSW recall@10 and speed-up, for one array of rows."""
-    from vmnet.retrieve import build_faiss, search
+    from vmr.search import build_faiss, search
 
     picks = rng.integers(0, len(emb), n_queries)  # queries near stored rows: each has its own neighbourhood
     queries = emb[picks] + (0.3 / np.sqrt(emb.shape[1])) * rng.standard_normal((n_queries, emb.shape[1]), np.float32)
@@ -240,13 +241,14 @@ def run():
     seconds = int(os.environ.get("BENCH_SCALE_SECONDS", "120"))
     dtype = os.environ.get("BENCH_SCALE_DTYPE", "float16")
     threads = int(os.environ.get("BENCH_SCALE_THREADS", "2"))
-    train_limit = float(os.environ.get("BENCH_SCALE_TRAIN_SECONDS", "240"))
-    result = {"dtype": dtype, "threads": threads}
+    train_limit = float(os.environ.get("BENCH_SCALE_TRAIN_SECONDS", "0"))
+    test_items = int(os.environ.get("BENCH_SCALE_TEST_ITEMS", "200"))
+    result = {"dtype": dtype, "threads": threads, "test_items": test_items}
     if int(os.environ.get("BENCH_SCALE_INDEX", "200000")) > 0:
         result["index"] = index_run(threads)
     root = Path(tempfile.mkdtemp(prefix="vmr_bench_scale_", dir=os.environ.get("BENCH_SCALE_DIR")))
     try:
-        result["sizes"] = [size_run(root, n, seconds, dtype, threads, train_limit) for n in sizes]
+        result["sizes"] = [size_run(root, n, seconds, dtype, threads, train_limit, test_items) for n in sizes]
     finally:
         shutil.rmtree(root, ignore_errors=True)
     if len(sizes) >= 2:

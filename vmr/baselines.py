@@ -149,13 +149,22 @@ class Baseline:
     def __init__(self, name, model, ridge, dims, val_block, aligned):
         self.name, self.model, self.ridge, self.dims, self.val_block, self.aligned = name, model, ridge, dims, val_block, aligned
 
-    def score(self, video, audio):
+    def score(self, video, audio, chunk=256):
+        """Pooled: cosine of the projected rows. Aligned: blocks of `chunk` tracks by `chunk` queries, each
+        projected and padded when its block is scored, so memory holds 2 x chunk items whatever the gallery
+        (video / audio may be lazy split rows, read again per block)."""
         if not self.aligned:
             pv, pa = self.model.project_video(video, self.dims), self.model.project_audio(audio, self.dims)
             return normalize_rows(pv) @ normalize_rows(pa).T
-        q, q_len = pad_sequences([self.model.project_video(v, self.dims) for v in video])
-        g, g_len = pad_sequences([self.model.project_audio(a, self.dims) for a in audio])
-        return aligned_scores(q, q_len, g, g_len)
+        out = np.empty((len(video), len(audio)), np.float32)
+        for g0 in range(0, len(audio), chunk):
+            g_rows = range(g0, min(g0 + chunk, len(audio)))
+            g, g_len = pad_sequences([self.model.project_audio(audio[j], self.dims) for j in g_rows])
+            for q0 in range(0, len(video), chunk):
+                q_rows = range(q0, min(q0 + chunk, len(video)))
+                q, q_len = pad_sequences([self.model.project_video(video[i], self.dims) for i in q_rows])
+                out[q0:q0 + len(q_rows), g0:g0 + len(g_rows)] = aligned_scores(q, q_len, g, g_len)
+        return out
 
     def settings(self):
         return {"ridge": self.ridge, "dims": self.dims, "chosen_on": "validation split of the train CSV",
