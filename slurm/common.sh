@@ -26,6 +26,12 @@ if [ -z "${DEVICE:-}" ]; then
     if [ -n "${SLURM_JOB_GPUS:-}${SLURM_STEP_GPUS:-}" ] || [ "${SLURM_GPUS_ON_NODE:-0}" != 0 ]; then DEVICE=cuda; else DEVICE=cpu; fi
 fi
 
+# Training jobs (VMR_DATA set): vmnet/prepare.py's split folders (--split_format mmap) when present, read one
+# item at a time so memory does not grow with the data; else the folder-of-npy layout of VMR_DATA itself.
+TRAIN_DIR=${VMR_DATA:-} TEST_DIR=${VMR_DATA:-}
+if [ -n "${VMR_DATA:-}" ] && [ -f "$VMR_DATA/train/offsets.npy" ]; then TRAIN_DIR=$VMR_DATA/train; fi
+if [ -n "${VMR_DATA:-}" ] && [ -f "$VMR_DATA/test/offsets.npy" ]; then TEST_DIR=$VMR_DATA/test; fi
+
 VMR_STARTED=$(date +%s.%N)
 JOB=${SLURM_ARRAY_JOB_ID:-${SLURM_JOB_ID:-local}}
 TASK=${SLURM_ARRAY_TASK_ID:-0}

@@ -29,6 +29,7 @@ from pathlib import Path
 import records
 from feature_extraction.atomic import write_text
 from feature_extraction.downloadYt import read_list, redact
+from vmr.splits import Split, is_split
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -178,12 +179,22 @@ def unique_download_list(list_path, out, dry_run):
 
 
 def training_memory(data):
-    """sbatch --mem for a training job from the size of the data it reads: every .npy under DATA (the split's
-    video and audio arrays, links followed), times 1.5, plus 4 GB for Python, torch and the model."""
-    files = {p.resolve() for p in data.rglob("*.npy")}
-    size = sum(p.stat().st_size for p in files if p.is_file())
+    """sbatch --mem for a training job from the data it holds in memory, times 1.5, plus 4 GB for Python, torch
+    and the model: (bytes held, option, what they are).
+
+    With split folders (DATA/train, vmnet/prepare.py --split_format mmap) training reads one item at a time and
+    its memory does not grow with the data (make bench: bench_scale); only the test gallery evaluated at the
+    end is held, as float32. Else every .npy under DATA (links followed) is held."""
+    if is_split(data / "train"):
+        test = Split(data / "test") if is_split(data / "test") else None
+        size = 0 if test is None else sum(int(test.offsets[-1]) * dim * 4 for dim in test.dims)
+        what = "of test gallery (float32; the split folders are read one item at a time)"
+    else:
+        files = {p.resolve() for p in data.rglob("*.npy")}
+        size = sum(p.stat().st_size for p in files if p.is_file())
+        what = "of features"
     gb = math.ceil(TRAIN_MEMORY_BASE_GB + TRAIN_MEMORY_PER_DATA_BYTE * size / 2**30)
-    return size, f"--mem={gb}G"
+    return size, f"--mem={gb}G", what
 
 
 def sbatch_argv(script, array, options, dependency=None):
@@ -452,9 +463,9 @@ def new_submission(args, out):
             raise SystemExit(f"{data}: no such data folder (write it with vmnet/prepare.py, or pass --data)")
         env_vars["VMR_DATA"] = str(data)
         if not any(o.startswith("--mem") for o in options):  # --mem, --mem-per-cpu, --mem-per-gpu
-            size, mem = training_memory(data)
+            size, mem, what = training_memory(data)
             options.insert(0, mem)
-            print(f"{data}: {size / 2**30:.2f} GB of features -> {mem} ({TRAIN_MEMORY_BASE_GB} GB + "
+            print(f"{data}: {size / 2**30:.2f} GB {what} -> {mem} ({TRAIN_MEMORY_BASE_GB} GB + "
                   f"{TRAIN_MEMORY_PER_DATA_BYTE:g} x data; give --sbatch --mem=... to override)", file=sys.stderr)
     if args.ranks is not None:
         env_vars["VMR_RANKS"] = str(args.ranks.resolve())

@@ -5,13 +5,14 @@
 #   python slurm/submit.py --stage train_transformer --data data/vmnet --out runs/transformer [--gpus 1]
 #
 # Exported variables (defaults in brackets):
-#   VMR_DATA   folder written by vmnet/prepare.py: video/, audio/, train.csv, test.csv  [data/vmnet]
+#   VMR_DATA   folder written by vmnet/prepare.py: video/, audio/ (or train/, test/ split folders), train.csv, test.csv  [data/vmnet]
 #   VMR_RANKS  flowProcessor's ranks.csv (written by the features merge step)  [features/flow/ranks.csv]
 #   VMR_OUT    save dir: last.pt, best.pt, train_log.csv/.png, metrics.json  [runs/transformer]
 #   DEVICE     cpu or cuda  [cuda when a GPU is allocated (sbatch --gres=gpu:1), else cpu]
 #   ARGS       more transformer/train.py flags, e.g. "--epochs 50 --segments_from features"  []
 # The resources below are defaults; options given to sbatch on the command line win. submit.py asks for
-# --mem from the data the job reads: 4 GB + 1.5 x the size of the .npy files under VMR_DATA.
+# --mem from the data the job reads: with split folders (VMR_DATA/train and test, prepare.py --split_format mmap,
+# read one item at a time) 4 GB + 1.5 x the test gallery in float32; else 4 GB + 1.5 x the .npy files under VMR_DATA.
 #SBATCH --job-name=vmr-train-transformer
 #SBATCH --output=slurm/logs/%x-%j.out
 #SBATCH --cpus-per-task=8
@@ -21,6 +22,6 @@
 VMR_DATA=${VMR_DATA:-data/vmnet} VMR_RANKS=${VMR_RANKS:-features/flow/ranks.csv} VMR_OUT=${VMR_OUT:-runs/transformer}
 source "${VMR_REPO:-.}/slurm/common.sh"
 # shellcheck disable=SC2086  # ARGS is a word list
-"$VMR_PYTHON" transformer/train.py --train_data_dir "$VMR_DATA" --train_csv_path "$VMR_DATA/train.csv" \
-    --test_data_dir "$VMR_DATA" --test_csv_path "$VMR_DATA/test.csv" --flow_ranks "$VMR_RANKS" \
+"$VMR_PYTHON" transformer/train.py --train_data_dir "$TRAIN_DIR" --train_csv_path "$VMR_DATA/train.csv" \
+    --test_data_dir "$TEST_DIR" --test_csv_path "$VMR_DATA/test.csv" --flow_ranks "$VMR_RANKS" \
     --save_dir "$VMR_OUT" --device "$DEVICE" --threads "$THREADS" --resume ${ARGS:-}

@@ -546,3 +546,40 @@ def test_training_job_asks_for_memory_from_its_data(cluster, cluster_env, tmp_pa
     assert not (tmp_path / "run").exists()
     r = submit(cluster_env, *base[:2], "--data", str(tmp_path / "nowhere"), "--dry_run")
     assert r.returncode == 1 and "nowhere: no such data folder" in r.stderr
+
+    from vmr.splits import write_split  # split folders: the 2.5 GiB above is not held, only the test gallery in float32
+
+    rng = np.random.default_rng(0)
+    for split, n in (("train", 40), ("test", 3)):
+        write_split(data / split, ((f"{split}{i}", rng.random((1000, 1024), np.float32), rng.random((1000, 128), np.float32))
+                                   for i in range(n)), "float16")
+    r = submit(cluster_env, *base, "--dry_run")
+    assert r.returncode == 0 and "sbatch --parsable --mem=5G slurm/train_vmnet.sl" in r.stdout  # 4 GB + 1.5 x 0.01 GiB
+    assert f"{data}: 0.01 GB of test gallery (float32" in r.stderr
+
+
+@pytest.mark.parametrize("script", ["train_vmnet.sl", "train_transformer.sl"])
+def test_training_scripts_read_split_folders_when_present(script, tmp_path):
+    """The .sl files run without Slurm too; a stand-in interpreter records the arguments they pass."""
+    fake = tmp_path / "python"
+    fake.write_text(f"#!/bin/sh\necho \"$@\" >> {tmp_path / 'argv'}\n")  # the exit trap runs it again (records.py)
+    fake.chmod(0o755)
+    data = tmp_path / "data"
+    (data / "video").mkdir(parents=True)
+    env = {**os.environ, "VMR_PYTHON": str(fake), "VMR_DATA": str(data), "VMR_OUT": str(tmp_path / "run"), "VMR_REPO": str(REPO)}
+
+    def training_argv():
+        subprocess.run(["bash", str(REPO / "slurm" / script)], env=env, check=True, capture_output=True)
+        lines = (tmp_path / "argv").read_text().splitlines()
+        (tmp_path / "argv").unlink()
+        return next(line for line in lines if "train.py" in line).split()
+
+    argv = training_argv()
+    assert argv[argv.index("--train_data_dir") + 1] == argv[argv.index("--test_data_dir") + 1] == str(data)
+    for split in ("train", "test"):
+        (data / split).mkdir()
+        (data / split / "offsets.npy").touch()
+    argv = training_argv()
+    assert argv[argv.index("--train_data_dir") + 1] == str(data / "train")
+    assert argv[argv.index("--test_data_dir") + 1] == str(data / "test")
+    assert argv[argv.index("--train_csv_path") + 1] == str(data / "train.csv")
