@@ -8,7 +8,6 @@ antialiased), center crop 224, ImageNet mean/std. The network runs as inference.
 (frozen with oneDNN fusion on CPU; --precision on CUDA).
 """
 import torch
-import torchvision
 from torch import nn
 
 from feature_extraction import inference
@@ -21,9 +20,17 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 PREPROCESS = ImagePreprocess(256, 224, "bilinear", IMAGENET_MEAN, IMAGENET_STD)
 
 
+def torchvision_resnet(depth):
+    """torchvision's ResNet-`depth`, untrained. torchvision is imported here, not with this module: importing
+    it costs 2-3 s (it imports torch._dynamo), which extract.py runs without resnet need not pay."""
+    import torchvision
+
+    return getattr(torchvision.models, f"resnet{depth}")(weights=None)
+
+
 def build_model(state_dict, depth=101):
     """torchvision ResNet-`depth` with `state_dict` loaded (strict) and fc replaced by Identity."""
-    model = getattr(torchvision.models, f"resnet{depth}")(weights=None)
+    model = torchvision_resnet(depth)
     model.load_state_dict(state_dict)
     model.fc = nn.Identity()
     return model.eval()
@@ -41,7 +48,7 @@ def write_random_checkpoint(path, seed, depth=101):
     residual sum does not explode over 33 blocks).
     """
     torch.manual_seed(seed)
-    model = getattr(torchvision.models, f"resnet{depth}")(weights=None)
+    model = torchvision_resnet(depth)
     with torch.no_grad():
         for name, module in model.named_modules():
             if isinstance(module, nn.BatchNorm2d):

@@ -24,7 +24,6 @@ Two outputs per file:
 """
 import numpy as np
 import torch
-import torchvision
 from torch import nn
 
 from feature_extraction.atomic import atomic_path
@@ -52,6 +51,8 @@ class Wav2CLIP(nn.Module):
     def __init__(self):
         super().__init__()
         self.register_buffer("window", torch.hann_window(N_FFT))
+        import torchvision  # here, not at import: it costs 2-3 s (see resnet.torchvision_resnet)
+
         self.encoder = torchvision.models.ResNet(torchvision.models.resnet.BasicBlock, [2, 2, 2, 2])
         self.encoder.conv1 = nn.Conv2d(1, 64, kernel_size=7, stride=2, padding=3, bias=False)
         self.encoder.fc = nn.Identity()  # the package's forward stops at the average pool
