@@ -484,15 +484,6 @@ def decode(container, video, audio, handoff):
         pass
 
 
-@dataclass
-class PassResult:
-    info: VideoInfo
-    t_video: int  # floor(end of the last decoded frame), capped by max_seconds
-    t_audio: int  # floor(decoded samples / 16000 at 16 kHz)
-    seconds_decoded: float
-    warnings: list = field(default_factory=list)  # one line each, `path: what happened`
-
-
 @functools.cache
 def blas():
     """threadpoolctl's controller of numpy's BLAS (torch has its own threads)."""
