@@ -51,7 +51,7 @@ class Wav2CLIP(nn.Module):
     def __init__(self):
         super().__init__()
         self.register_buffer("window", torch.hann_window(N_FFT))
-        import torchvision  # here, not at import: it costs 2-3 s (see resnet.torchvision_resnet)
+        import torchvision  # here, not at import: importing it takes 2-3 s (it imports torch._dynamo)
 
         self.encoder = torchvision.models.ResNet(torchvision.models.resnet.BasicBlock, [2, 2, 2, 2])
         self.encoder.conv1 = nn.Conv2d(1, 64, kernel_size=7, stride=2, padding=3, bias=False)
