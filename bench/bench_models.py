@@ -2,8 +2,8 @@
 
 Per regime ("meanpool": mean pooling suffices; "trajectory": identity lives in the time-aligned walk):
 generate the pairs, train VM-NET and the segment Transformer with their default settings (each as its own
-process: wall seconds, seconds per epoch from train_log.csv, peak RSS from wait4), evaluate the Transformer
-with VM-NET beside it (transformer/test.py --compare) and write one table: chance, tuned CCA, aligned
+process: wall seconds, seconds per epoch from train_log.csv, peak RSS from wait4), evaluate both on the same
+test gallery (their test.py) and write one table: chance, tuned CCA, aligned
 linear, VM-NET, Transformer pooled and aligned, both directions; plus the flow-rank loss ablation (the
 Transformer trained again with --lambda2 0 --lambda3 0). The table is also drawn as bench/models.png.
 
@@ -61,12 +61,13 @@ def regime_table(regime, n, n_test, threads, ablation, root):
     out["training"]["transformer"] = train("transformer/train.py", data, root / f"{regime}_transformer", threads, *flow)
     metrics = root / f"{regime}_eval" / "metrics.json"
     out["eval_seconds"], _ = tool("transformer/test.py", "--checkpoint", root / f"{regime}_transformer" / "best.pt",
-                                  "--test_data_dir", data, "--test_csv_path", data / "test.csv", "--compare", root / f"{regime}_vmnet",
-                                  "--out", metrics, "--threads", threads)
-    m = json.loads(metrics.read_text())
+                                  "--test_data_dir", data, "--test_csv_path", data / "test.csv", "--out", metrics, "--threads", threads)
+    vmnet_metrics = root / f"{regime}_vmnet" / "eval" / "metrics.json"
+    tool("vmnet/test.py", "--checkpoint", root / f"{regime}_vmnet" / "best.pt", "--test_data_dir", data, "--test_csv_path",
+         data / "test.csv", "--out", vmnet_metrics, "--threads", threads)
+    m, v = json.loads(metrics.read_text()), json.loads(vmnet_metrics.read_text())
     blocks = {"chance": {"video_to_music": m["baselines"]["chance"], "music_to_video": m["baselines"]["chance"]},
-              "cca": m["baselines"]["cca"], "aligned_linear": m["baselines"]["aligned_linear"], "vmnet": m["compare"]["VM-NET"],
-              **m["scorings"]}
+              "cca": m["baselines"]["cca"], "aligned_linear": m["baselines"]["aligned_linear"], "vmnet": v, **m["scorings"]}
     keep = ("R@1", "R@5", "R@10", "MedR")
     out["table"] = {key: {d: {k: blocks[key][d][k] for k in keep} for d in ("video_to_music", "music_to_video")}
                     for _, key in ROWS if blocks.get(key)}

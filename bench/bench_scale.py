@@ -121,7 +121,7 @@ def size_run(root, n, seconds, dtype, threads, train_limit, test_items):
     done = record("transformer_train", ["transformer/train.py", *train_common, *flow, "--save_dir", runs / "transformer"],
                   train_limit)
     if not done:  # a checkpoint for the test stage: one epoch on the first 256 training ids (its own stage)
-        from vmnet.data import read_ids, write_ids
+        from vmr.data import read_ids, write_ids
 
         write_ids(runs / "subset.csv", read_ids(data / "train.csv")[:256])
         record("transformer_train_256_ids", ["transformer/train.py", *train_common[:2], "--train_csv_path", runs / "subset.csv",

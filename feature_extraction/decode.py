@@ -12,6 +12,7 @@ buffer of about one second, and the handoff holds a bounded number of frames.
 import functools
 import math
 import queue
+import sys
 import threading
 from dataclasses import dataclass, field
 from fractions import Fraction

@@ -66,7 +66,9 @@ def help_text(main, capsys):
 
 def test_help_shows_defaults(capsys):
     from feature_extraction import downloadYt, flowProcessor, vggishProcessor, weights
-    from vmnet import retrieve
+    from transformer import retrieve as transformer_retrieve
+    from vmnet import retrieve as vmnet_retrieve
+    from zeroshot import retrieve as zeroshot_retrieve
 
     shown = {
         extract.main: ["--flow_method {raft,farneback,tvl1}", "(default: raft)", "(default: 32.0)", "(default: 20)",
@@ -76,8 +78,10 @@ def test_help_shows_defaults(capsys):
         downloadYt.main: ["(default: 360", "(default: 0)", "(default: 3)", "(default: 5.0)", "(default: 30.0)",
                           "(default: bv*[height<=360]+ba/b[height<=360]/b)"],
         weights.main: ["(default: 0)"],
-        retrieve.main: ["(default: INDEX.npz)", "(default: 5)", "(default: 8)", "(default: 64)", "(default: official)",
-                        "(default: exact search)"],
+        vmnet_retrieve.main: ["(default: INDEX.npz)", "(default: 5)", "(default: 8)", "(default: 64)", "(default: official)",
+                              "(default: exact search)"],
+        transformer_retrieve.main: ["(default: INDEX.npz)", "(default: 5)", "(default: 8)", "(default: official)"],
+        zeroshot_retrieve.main: ["(default: ZEROSHOT_INDEX.npz)", "(default: 5)", "(default: track)", "(default: official)"],
     }
     for main, texts in shown.items():
         text = help_text(main, capsys)
@@ -136,41 +140,44 @@ def test_interrupted_benchmark_removes_its_temporary_files(command, sig, tmp_pat
 
 
 def test_library_ids_may_start_with_underscore_or_dash(tmp_path, vmr_env, monkeypatch, capsys):
-    from vmnet import retrieve
+    from vmr import retrieval
 
     library = tmp_path / "library"
     library.mkdir()
     np.save(library / "_under.npy", np.ones((3, 128), np.float32))
     soundfile.write(library / "-dash.wav", tone(2.5), 16000)
-    (library / "_feature.json").write_text("{}")  # the project's own file: not a track
-    npy, media = retrieve.list_library(library)
+    (library / "_feature.json").write_text("{}")  # the project's own file: not a track, and not reported
+    (library / "song.aiff").write_bytes(b"")  # not a supported file: reported, left out
+    npy, media = retrieval.list_library(library)
     assert [p.name for p in npy] == ["_under.npy"] and [p.name for p in media] == ["-dash.wav"]
+    assert capsys.readouterr().err.strip().startswith(f"{library / 'song.aiff'}: not a supported music file")
     monkeypatch.chdir(library)  # "-dash.wav" relative, as a library list file gives it
-    feats = retrieve.extract([Path("-dash.wav")], ["vggish"], tmp_path / "work", ["--weights", "random", "--threads", "1"])
-    assert feats["vggish"]["-dash"].shape == (2, 128)
+    retrieval.extract([Path("-dash.wav")], ["vggish"], tmp_path / "work", ["--weights", "random", "--threads", "1"])
+    assert np.load(tmp_path / "work" / "vggish" / "-dash.npy").shape == (2, 128)
 
 
 def test_failed_extraction_is_counted_once_by_retrieval(tmp_path, vmr_env, capsys):
-    from vmnet import retrieve
+    from vmr import retrieval
 
     bad = tmp_path / "bad.mp4"
     bad.write_text("not a video")
-    assert retrieve.extract([bad], ["vggish"], tmp_path / "work", ["--weights", "random"]) == {"vggish": {}}
+    retrieval.extract([bad], ["vggish"], tmp_path / "work", ["--weights", "random"])
+    assert not (tmp_path / "work" / "vggish" / "bad.npy").exists()
     captured = capsys.readouterr()
     assert f"{bad}: cannot open" in captured.err and "1 video: 0 extracted" in captured.err
     assert not re.search(r"^\d+ failed$", captured.err, re.M)  # the retrieval script prints its own count, once
     assert captured.out == ""  # stdout is kept for the results (--json)
 
 
-def test_transformer_extraction_leaves_stdout_to_the_json(make_clip, tmp_path, vmr_env, capsys):
-    from transformer import retrieve
+def test_flow_extraction_leaves_stdout_to_the_json(make_clip, tmp_path, vmr_env, capsys):
+    from vmr import retrieval
 
-    retrieve.run_extraction([make_clip(seconds=2.0)], ["flow"], [], tmp_path / "work", ["--weights", "random"])
+    retrieval.extract([make_clip(seconds=2.0)], [], tmp_path / "work", ["--weights", "random"], flow=True)
     captured = capsys.readouterr()
     assert captured.out == "" and "1 video: 1 extracted" in captured.err
 
 
-@pytest.mark.parametrize("module", ["vmnet.retrieve", "transformer.retrieve"])
+@pytest.mark.parametrize("module", ["vmnet.retrieve", "transformer.retrieve", "zeroshot.retrieve"])
 def test_query_folder_is_refused_before_any_extraction(module, make_clip, tmp_path, capsys):
     import importlib
 
@@ -181,20 +188,21 @@ def test_query_folder_is_refused_before_any_extraction(module, make_clip, tmp_pa
     library.mkdir()
     soundfile.write(library / "song.wav", tone(2.0), 16000)
     index = tmp_path / "INDEX.npz"
-    code = importlib.import_module(module).main(["--checkpoint", str(tmp_path / "best.pt"), "--build_index", "--library",
-                                                 str(library), "--index", str(index), "--query", str(folder)])
+    checkpoint = [] if module.startswith("zeroshot") else ["--checkpoint", str(tmp_path / "best.pt")]
+    code = importlib.import_module(module).main(checkpoint + ["--build_index", "--library", str(library), "--index", str(index),
+                                                              "--query", str(folder)])
     assert code == 1
-    assert capsys.readouterr().err.startswith(f"error: --query {folder}: a folder; give its video files")
+    assert capsys.readouterr().err.startswith(f"error: --query {folder}: a folder; give its video files (e.g. --query '{folder}'/*.mp4)")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["clips", "library"]  # no index, nothing extracted
 
 
-def test_audio_query_says_where_music_goes(tmp_path, capsys):
-    from vmnet import retrieve
+def test_audio_and_image_queries_say_what_a_query_is(tmp_path, capsys):
+    from vmr import retrieval
 
-    song = tmp_path / "song.mp3"
+    song, image = tmp_path / "song.mp3", tmp_path / "still.png"
     song.write_bytes(b"")  # never opened: refused by its suffix, before extraction
-    ckpt = {"config": {"video_dim": 512}, "args": {}, "features": {"video": "clip", "audio": "vggish"}}
-    feats, _ = retrieve.query_features([str(song)], ckpt)
-    assert feats == {}
-    assert capsys.readouterr().err.strip() == (f"{song}: an audio file; a query is a video, and music goes into the "
-                                               "library (--build_index --library FOLDER)")
+    image.write_bytes(b"")
+    assert retrieval.check_queries([str(song), str(image)]) == []
+    assert capsys.readouterr().err.strip().splitlines() == [
+        f"{song}: an audio file; a query is a video, and music goes into the library (--build_index --library FOLDER)",
+        f"{image}: an image; a query is a video (or a video feature file .npy)"]

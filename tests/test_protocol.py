@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 
 from vmr import metrics as M
-from vmr.baselines import CCA, aligned_scores, pad_sequences, tuned_aligned_linear, tuned_cca
+from vmr.baselines import CCA, tuned_aligned_linear, tuned_cca
+from vmr.scorer import AlignedScoring, pack_sequences
 from vmr.runs import check_provenance, check_resume_flags, prepare_run_dir
 from vmr.segments import change_points, music_segments, optimal_partition
 
@@ -80,9 +81,9 @@ def test_aligned_linear_uses_time_where_pooling_cannot():
 
 
 def test_aligned_scores_are_means_over_the_common_seconds():
-    q, q_len = pad_sequences([np.array([[1.0, 0], [1, 0], [0, 1]])])
-    g, g_len = pad_sequences([np.array([[2.0, 0]]), np.array([[1.0, 0], [0, 3], [0, 1], [5, 5]])])
-    assert aligned_scores(q, q_len, g, g_len).tolist() == [[1.0, pytest.approx(2 / 3)]]
+    queries = {"seq": [np.array([[1.0, 0], [1, 0], [0, 1]], np.float32)]}
+    library = pack_sequences([np.array([[1.0, 0]]), np.array([[1.0, 0], [0, 1], [0, 1], [0.6, 0.8]])])
+    assert AlignedScoring().all_scores(queries, library).tolist() == [[1.0, pytest.approx(2 / 3)]]
 
 
 # ---------------------------------------------------------------- chance levels and guards

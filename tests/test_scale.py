@@ -28,7 +28,7 @@ def prepared(tmp_path_factory):
 
 
 def test_split_equals_folder_of_npy_bit_for_bit(prepared, capsys):
-    from vmnet.data import check_dims, load_sequences, read_ids
+    from vmr.data import check_dims, load_sequences, read_ids
     from vmr.runs import feature_provenance
 
     root, data = prepared
@@ -52,7 +52,7 @@ def test_split_equals_folder_of_npy_bit_for_bit(prepared, capsys):
 
 def test_split_items_for_the_transformer_equal_folder_items(prepared):
     from transformer.data import SplitItem, collate, item_rows, load_items
-    from vmnet.data import read_ids
+    from vmr.data import read_ids
 
     root, data = prepared
     ids = read_ids(data / "train.csv")
@@ -76,7 +76,7 @@ def torch_equal(a, b):
 
 
 def test_float16_split_round_trips(prepared, tmp_path):
-    from vmnet.data import load_sequences, read_ids
+    from vmr.data import load_sequences, read_ids
     from vmr.splits import split_from_folder
 
     _, data = prepared
@@ -177,13 +177,15 @@ def test_faiss_recall_on_clustered_embeddings():
 
 
 def test_aligned_baseline_scores_in_blocks_equal_one_block():
-    from vmr.baselines import tuned_aligned_linear
+    from vmr.baselines import BaselineScorer, tuned_aligned_linear
 
     rng = np.random.default_rng(5)
     lengths = rng.integers(5, 30, 40)
     video = [rng.standard_normal((t, 12)).astype(np.float32) for t in lengths]
     audio = [v[:, :6] + 0.5 * rng.standard_normal((len(v), 6)).astype(np.float32) for v in video]
-    baseline = tuned_aligned_linear((video[:30], audio[:30]), (video[30:], audio[30:]))
-    whole = baseline.score(video, audio, chunk=1000)
+    scorer = BaselineScorer(tuned_aligned_linear((video[:30], audio[:30]), (video[30:], audio[30:])))
+    queries, library = scorer.embed_queries(video), scorer.embed_tracks(audio)
+    whole = scorer.all_scores(queries, library, block=1000)
     assert whole.shape == (40, 40) and np.all(np.diag(whole) > 0.2)
-    np.testing.assert_allclose(baseline.score(video, audio[:33], chunk=7), whole[:, :33], rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(scorer.all_scores(queries, library, block=7), whole, rtol=1e-5, atol=1e-6)
+    np.testing.assert_array_equal(whole, scorer.all_scores(queries, library))  # the default block holds all 40

@@ -11,11 +11,14 @@ from transformer import train
 from transformer.data import collate, cut_parts, encode_timeline, load_items, make_item, split_parts, training_ids
 from transformer.losses import aligned_matrix, flow_triplet_losses, second_loss
 from transformer.model import SegmentEncoder, SegmentTransformer
-from transformer.scoring import embed_items, pair_scores, rescore_top, score_matrices
-from vmr.baselines import pad_sequences, tuned_aligned_linear
+from transformer.scorer import TransformerScorer, load, score_items
+from vmr.evaluation import evaluate
+from vmr.scorer import AlignedScoring, pack_sequences
+from vmr.baselines import tuned_aligned_linear
 from vmr.synthetic import Settings, generate, write_dataset
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")  # tiny models: one thread is fastest
+RECORD = {"run_args": {"n_bkps": 7, "min_seconds": 10, "max_seconds": None}}  # what a scorer reads of a checkpoint
 
 
 def small_settings(n, regime="trajectory", seed=0, **extra):
@@ -58,7 +61,8 @@ def test_load_items_skips_missing_ids_or_segments_them_from_features(tmp_path, c
     (tmp_path / "flow" / "ranks.csv").write_text("vid,ranks,segments\npair00000,2 1,0 8 16\n")
     items = load_items(tmp_path, ["pair00000", "pair00001", "../etc"], tmp_path / "flow" / "ranks.csv")
     err = capsys.readouterr().err
-    assert [it.id for it in items] == ["pair00000"] and len(items[0].video) == 16
+    assert [it.id for it in items] == ["pair00000"] and len(items[0].video) == 30  # the whole video:
+    assert items[0].video_parts.tolist() == [[0, 8], [8, 30]]  # the seconds after the last boundary join the last segment
     assert "pair00001: not in" in err and "../etc: not a plain file name" in err
     items = load_items(tmp_path, ["pair00000", "pair00001"], tmp_path / "flow" / "ranks.csv", segments_from="features")
     assert [it.id for it in items] == ["pair00000", "pair00001"] and items[1].video_parts[-1, 1] == len(items[1].video)
@@ -130,8 +134,7 @@ def test_linear_start_is_the_aligned_linear_baseline_and_smoothing_lifts_it(tmp_
         model.set_input_stats(*train.input_stats(train_items))
         train.init_from_linear(model, *start[:4])
         assert (model.video.input.weight[start[0].shape[1]:] == 0).all() and (model.video.blocks[0].out.weight == 0).all()
-        e = embed_items(model, test_items)
-        scores = score_matrices(e["video_seq"], e["audio_seq"], e["video"], e["audio"], "aligned", rerank=0)[0]
+        scores = score_items(TransformerScorer(model, RECORD, "aligned", rerank=0), test_items)[1]
         if smooth == 1:  # the same scores as the baseline, up to the final layer norm's centring
             assert np.corrcoef(scores.ravel(), expected.ravel())[0, 1] > 0.97
         r1[smooth] = np.mean(scores.argmax(1) == np.arange(len(scores)))
@@ -140,20 +143,19 @@ def test_linear_start_is_the_aligned_linear_baseline_and_smoothing_lifts_it(tmp_
 
 
 def test_aligned_scores_mean_the_common_seconds_in_training_and_evaluation():
+    """Training's aligned matrix, the scorer's pairs (a rerank) and its full grid (validation, test) agree."""
     rng = np.random.default_rng(1)
     lengths = [5, 3, 4]
-    video = [rng.normal(size=(t, 4)).astype(np.float32) for t in lengths]
-    audio = [rng.normal(size=(t, 4)).astype(np.float32) for t in lengths]
     unit = lambda x: x / np.linalg.norm(x, axis=1, keepdims=True)  # noqa: E731
-    expected = np.array([[np.mean(np.sum(unit(v)[:min(len(v), len(a))] * unit(a)[:min(len(v), len(a))], 1)) for a in audio] for v in video])
-    q, q_len = pad_sequences(video)
-    g, g_len = pad_sequences(audio)
-    np.testing.assert_allclose(aligned_matrix(torch.from_numpy(q), torch.from_numpy(g), torch.tensor(lengths).float()).numpy(), expected, atol=1e-6)
+    video = [unit(rng.normal(size=(t, 4))).astype(np.float32) for t in lengths]
+    audio = [unit(rng.normal(size=(t, 4))).astype(np.float16).astype(np.float32) for t in lengths]  # as an index stores them
+    expected = np.array([[np.mean(np.sum(v[:min(len(v), len(a))] * a[:min(len(v), len(a))], 1)) for a in audio] for v in video])
+    pad = lambda xs: torch.from_numpy(np.stack([np.pad(x, ((0, 5 - len(x)), (0, 0))) for x in xs]))  # noqa: E731
+    np.testing.assert_allclose(aligned_matrix(pad(video), pad(audio), torch.tensor(lengths).float()).numpy(), expected, atol=1e-6)
+    queries, library = {"seq": video}, pack_sequences(audio)
     rows, cols = np.array([0, 2, 1]), np.array([1, 0, 1])
-    np.testing.assert_allclose(pair_scores(q, q_len, g, g_len, rows, cols), expected[rows, cols], atol=1e-6)
-    pooled = np.array([[0.9, 0.1, 0.2], [0.5, 0.6, 0.7], [0.0, 0.3, 0.1]], np.float32)
-    out = rescore_top(pooled, 2, lambda r, c: expected[r, c])
-    assert out[0, 2] == pytest.approx(3 + expected[0, 2]) and out[0, 1] == pytest.approx(0.1)  # only each row's top 2
+    np.testing.assert_allclose(AlignedScoring().pair_scores(queries, library, rows, cols), expected[rows, cols], atol=1e-6)
+    np.testing.assert_allclose(AlignedScoring().all_scores(queries, library, block=2), expected, atol=1e-6)
 
 
 def test_flow_triplets_skip_single_segment_videos_and_self_pairs():
@@ -183,10 +185,8 @@ def test_a_model_that_cannot_see_the_pairing_stays_at_chance(tmp_path):
     log = torch.load(tmp_path / "run" / "last.pt", weights_only=True)["log"]
     assert max(row["val_R@1"] for row in log) <= binomial_bound(48, 1)
     assert max(row["val_R@10"] for row in log) <= binomial_bound(48, 10)
-    from transformer.test import evaluate
-
-    m = evaluate(tmp_path / "run" / "best.pt", tmp_path, tmp_path / "test.csv", tmp_path / "eval" / "metrics.json",
-                 scoring="aligned")  # both scorings
+    m = evaluate(*load(tmp_path / "run" / "best.pt", scoring="aligned"), tmp_path / "run" / "best.pt", tmp_path,
+                 tmp_path / "test.csv", tmp_path / "eval" / "metrics.json")  # both scorings
     assert m["gallery"] == 80 and set(m["scorings"]) == {"pooled", "aligned"}
     for name, block in m["scorings"].items():
         assert block["video_to_music"]["R@1"] <= binomial_bound(80, 1), name
@@ -196,7 +196,8 @@ def test_a_model_that_cannot_see_the_pairing_stays_at_chance(tmp_path):
     for key in ("video.input.weight", "audio.input.weight", "video.input.bias", "audio.input.bias"):
         ckpt["model"][key].zero_()
     torch.save(ckpt, tmp_path / "zeroed.pt")
-    m = evaluate(tmp_path / "zeroed.pt", tmp_path, tmp_path / "test.csv", tmp_path / "eval0" / "metrics.json", scoring="aligned")
+    m = evaluate(*load(tmp_path / "zeroed.pt", scoring="aligned"), tmp_path / "zeroed.pt", tmp_path, tmp_path / "test.csv",
+                 tmp_path / "eval0" / "metrics.json")
     for block in m["scorings"].values():
         assert block["video_to_music"]["R@1"] <= binomial_bound(80, 1)
         assert block["video_to_music"]["R@10"] <= binomial_bound(80, 10)
@@ -211,11 +212,12 @@ def test_cli_train_test_with_groups_overwrite_and_provenance(tmp_path, capsys):
             "--save_dir", str(tmp_path / "run"), "--threads", "1", "--epochs", "2"]
     assert train.main(base) == 0
     out = capsys.readouterr().out
-    assert "whole gallery N = 20 tracks, each cut from its own music" in out and "aligned linear v->m" in out
+    assert "whole gallery N = 20 whole tracks" in out and "aligned linear v->m" in out
     m = json.loads((tmp_path / "run" / "metrics.json").read_text())
     best = torch.load(tmp_path / "run" / "best.pt", weights_only=True)
     log = best["log"][best["best"]["epoch"] - 1]  # --scoring auto: the better validation key names the headline scoring
-    assert m["scoring"] == best["run_args"]["scoring"] == best["best"]["scoring"] == log["val_scoring"] in m["scorings"]
+    assert m["scoring"] == best["scoring"] == best["best"]["scoring"] == log["val_scoring"] in m["scorings"]
+    assert best["run_args"]["scoring"] == "auto" and best["features"] == {"video": "synthetic-video", "audio": "synthetic-audio"}
     assert log["val_R@1"] == log[f"val_{m['scoring']}_R@1"] and m["baselines"]["cca"]["dims"] >= 1
     assert m["provenance"]["video"]["model"] == "synthetic-video" and len(m["video_to_music"]["ranks"]) == 20
     retrieval = json.loads((tmp_path / "run" / "retrieval.json").read_text())

@@ -10,7 +10,8 @@ import numpy as np
 import pytest
 import torch
 
-from vmnet import data, losses, train
+from vmnet import losses, train
+from vmr import data
 from vmnet.model import VMNet
 
 REPO = Path(__file__).resolve().parents[1]
@@ -205,9 +206,10 @@ def test_cca_start_scores_like_the_tuned_cca_baseline():
 def test_learns_nonlinear_relation_that_cca_misses(tmp_path):
     quadratic_data(tmp_path)
     best = train.train(train_args(tmp_path, tmp_path / "run", "--epochs", "12"))
-    from vmnet.test import evaluate
+    from vmnet.scorer import load
+    from vmr.evaluation import evaluate
 
-    m = evaluate(best, tmp_path, tmp_path / "test.csv", tmp_path / "run" / "metrics.json")
+    m = evaluate(*load(best), best, tmp_path, tmp_path / "test.csv", tmp_path / "run" / "metrics.json")
     r10, cca10 = m["video_to_music"]["R@10"], m["baselines"]["cca"]["video_to_music"]["R@10"]
     assert m["gallery"] == 100
     assert r10 >= 0.5 and r10 >= cca10 + 0.3, (r10, cca10)
@@ -272,7 +274,7 @@ def test_nan_loss_stops_and_keeps_last_good_checkpoint(tmp_path, capsys):
     assert torch.load(tmp_path / "run" / "last.pt", weights_only=True)["epoch"] == 1
     assert train.main(args[:-2] + ["--overwrite"]) == 1  # with validation, the exploded embeddings stop it after epoch 1
     err = capsys.readouterr().err
-    assert "VM-NET: validation video embeddings:" in err and "non-finite values" in err and "no checkpoint" in err
+    assert "VM-NET: video embeddings:" in err and "non-finite values" in err and "no checkpoint" in err
 
 
 def test_training_into_a_used_folder_needs_overwrite(tmp_path, capsys):
@@ -335,10 +337,12 @@ def test_cli_prepare_train_test_retrieve(tmp_path):
     run("vmnet/test.py", "--checkpoint", run_dir / "best.pt", "--test_data_dir", data_dir, "--test_csv_path",
         data_dir / "test.csv", "--out", metrics_path, "--groups", data_dir / "groups.csv", "--fad_dir", feats / "vggish")
     m = json.loads(metrics_path.read_text())
-    assert set(m) == {"model", "checkpoint", "checkpoint_sha256", "features", "provenance", "test_csv", "seed", "gallery",
-                      "video_to_music", "music_to_video", "batch1024", "baselines", "segment", "fad", "av_align"}
+    assert set(m) == {"model", "scorer", "checkpoint", "checkpoint_sha256", "features", "provenance", "test_csv", "seed", "gallery",
+                      "scoring", "gallery_items", "video_to_music", "music_to_video", "scorings", "batch1024", "baselines",
+                      "fad", "av_align"}
+    assert m["scorer"]["kind"] == "vmnet" and m["scoring"] == "pooled" and set(m["scorings"]) == {"pooled"}
     assert m["provenance"]["audio"] == {"model": "vggish"}
-    assert m["features"] == {"video": "clip+resnet101", "audio": "vggish"} and m["gallery"] == 9 and m["segment"] is None
+    assert m["features"] == {"video": "clip+resnet101", "audio": "vggish"} and m["gallery"] == 9
     keys = {"R@1", "R@5", "R@10", "R@20", "R@25", "R@50", "R@100", "MedR", "MeanR"}
     assert set(m["video_to_music"]) == keys | {"ranks"} and len(m["music_to_video"]["ranks"]) == 9
     assert set(m["batch1024"]["video_to_music"]) == keys and "batch-level" in m["batch1024"]["label"]
@@ -359,10 +363,10 @@ def test_cli_prepare_train_test_retrieve(tmp_path):
     res = json.loads(run("vmnet/retrieve.py", "--build_index", "--library", feats / "vggish", "--checkpoint", run_dir / "best.pt",
                          "--index", index, "--query", query, "--json", "--top_k", "3", "--faiss", "flat").stdout)
     with np.load(index, allow_pickle=False) as z:
-        assert len(z["ids"]) == 30 and z["track_emb"].shape == (30, 512) and z["seg_emb"].shape == (0, 512)
-        assert np.allclose(np.linalg.norm(z["track_emb"], axis=1), 1, atol=1e-5)
-        assert json.loads(str(z["meta"]))["audio_folder"] == "vggish"
-        ids_, emb = list(z["ids"]), z["track_emb"]
+        assert len(z["ids"]) == 30 and z["pooled"].shape == (30, 512) and "seq" not in z.files
+        assert np.allclose(np.linalg.norm(z["pooled"], axis=1), 1, atol=1e-5) and set(z["seconds"]) == {6}
+        assert json.loads(str(z["meta"]))["audio_feature"] == "vggish"
+        ids_, emb = list(z["ids"]), z["pooled"]
     top = res["results"][0]["top"]
     assert len(top) == 3 and top[0]["score"] >= top[1]["score"] >= top[2]["score"]
     assert res["search"] == "flat" and "search_seconds" in res["results"][0] and "extraction_seconds" in res

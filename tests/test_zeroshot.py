@@ -13,6 +13,7 @@ import torch
 from torch import nn
 
 from feature_extraction import wav2clip
+from vmr.evaluation import zeroshot_block
 from vmr.metrics import retrieval_metrics
 from zeroshot import evaluate, retrieve
 
@@ -93,8 +94,9 @@ def test_index_build_query_table_and_json(library, weights_cache, vmr_env, make_
     assert f"{library / 'broken.mp3'}: " in err and "1 failed" in err
     with np.load(index) as z:
         ids, seg_track, seg_start, seg_end = list(z["ids"]), z["seg_track"], z["seg_start"], z["seg_end"]
-        track_emb, seg_emb, meta = z["track_emb"], z["seg_emb"], json.loads(str(z["meta"]))
-        track_file = [Path(f) for f in z["track_file"]]
+        track_emb, seg_emb, meta = z["pooled"], z["seg_emb"], json.loads(str(z["meta"]))
+        track_file = [Path(f) for f in z["files"]]
+        assert z["seconds"].tolist() == [3, 4, 5, 6]
     assert ids == ["a", "b", "c", "d"] and track_emb.shape == (4, 512) and seg_emb.shape == (3 + 4 + 5 + 6, 512)
     assert np.bincount(seg_track).tolist() == [3, 4, 5, 6] and np.all(seg_end == seg_start + 1)
     assert seg_start[seg_track == 3].tolist() == list(range(6))
@@ -112,29 +114,39 @@ def test_index_build_query_table_and_json(library, weights_cache, vmr_env, make_
     p = subprocess.run(cmd, env=vmr_env, capture_output=True, text=True, cwd=tmp_path)
     assert p.returncode == 1 and "missing.npy: " in p.stderr and "1 failed" in p.stderr, p.stderr
     summary = json.loads(p.stdout)  # stdout is exactly one JSON document
-    assert set(summary) == {"index", "tracks", "segments", "search", "music", "extraction_seconds", "index_seconds",
+    assert set(summary) == {"index", "model", "scoring", "rerank", "tracks", "search", "extraction_seconds", "index_seconds",
                             "results"}
-    assert summary["tracks"] == 4 and summary["segments"] == 18 and summary["search"] == "exact"
+    assert summary["tracks"] == 4 and summary["model"] == "Wav2CLIP zero-shot" and summary["search"] == "exact"
     assert [r["query"] for r in summary["results"]] == [str(clip), str(features)]
     for result, seconds in zip(summary["results"], (3, 4)):
-        assert set(result) == {"query", "search_seconds", "top", "segments"}
+        assert set(result) == {"query", "seconds", "search_seconds", "top", "segments"} and result["seconds"] == seconds
         assert len(result["top"]) == 2 and {t["id"] for t in result["top"]} <= set(ids)
+        assert [t["rank"] for t in result["top"]] == [1, 2]
+        assert all(t["file"] == str(track_file[ids.index(t["id"])]) and t["seconds"] == 3 + ids.index(t["id"]) for t in result["top"])
         assert result["top"][0]["score"] >= result["top"][1]["score"]
         assert [s["start"] for s in result["segments"]] == list(range(seconds))
         assert all(s["track"] in ids and s["track_end"] == s["track_start"] + 1 for s in result["segments"])
 
     assert retrieve.main(["--index", str(index), "--query", str(features), "--top_k", "3"]) == 0
     out = capsys.readouterr().out.splitlines()
-    assert out[0].startswith(f"{features}: top 3 of 4 tracks") and "best library second" in out[5]
+    assert out[0].startswith(f"{features}: 4 s of video, top 3 of 4 tracks") and "best library segment" in out[5]
     assert len(out) == 1 + 1 + 3 + 1 + 4
 
 
-def test_refuses_an_index_of_a_trained_model(tmp_path, capsys):
+def test_refuses_an_index_of_a_trained_model_or_an_older_one_and_a_missing_one(tmp_path, capsys):
     index = tmp_path / "vmnet.npz"
-    np.savez(index, ids=np.array(["a"]), track_emb=np.ones((1, 512), np.float32), meta=np.array(json.dumps({"model": "VM-NET"})))
+    meta = {"model": "VM-NET", "kind": "vmnet", "index_format": 2, "checkpoint_sha256": "ab" * 32}
+    np.savez(index, ids=np.array(["a"]), pooled=np.ones((1, 512), np.float32), meta=np.array(json.dumps(meta)))
     np.save(tmp_path / "q.npy", np.ones((2, 512), np.float32))
     assert retrieve.main(["--index", str(index), "--query", str(tmp_path / "q.npy")]) == 1
-    assert "built by the VM-NET retrieval, not the zero-shot one" in capsys.readouterr().err
+    assert capsys.readouterr().err.strip() == (f"error: {index} was built by VM-NET retrieval, not Wav2CLIP zero-shot; query it "
+                                               "with vmnet/retrieve.py, or build one with zeroshot/retrieve.py --build_index")
+    np.savez(index, ids=np.array(["a"]), track_emb=np.ones((1, 512), np.float32), meta=np.array(json.dumps({"model": "VM-NET"})))
+    assert retrieve.main(["--index", str(index), "--query", str(tmp_path / "q.npy")]) == 1
+    assert "was written by an older retrieve.py; rebuild it" in capsys.readouterr().err
+    assert retrieve.main(["--index", str(tmp_path / "none.npz"), "--query", str(tmp_path / "q.npy")]) == 1
+    assert capsys.readouterr().err.strip() == (f"error: --index {tmp_path / 'none.npz'}: no such index; build it first with "
+                                               f"zeroshot/retrieve.py --build_index --library FOLDER --index {tmp_path / 'none.npz'}")
 
 
 @pytest.fixture
@@ -162,34 +174,27 @@ def gallery(tmp_path):
 def test_zeroshot_metrics_rows_both_directions(gallery):
     root, ids = gallery
     data = root / "DATA"
-    metrics = evaluate.zeroshot_metrics(data / "video", data / "audio", ids)  # whole-track vectors via the symlinks
+    metrics = zeroshot_block(data / "video", data / "audio", ids, with_ranks=True)  # whole-track vectors via the symlinks
     assert set(metrics) == {"video_to_music", "music_to_video"}
     reference = retrieval_metrics(np.ones((6, 512)), np.ones((6, 512)))
     for direction in metrics:
         assert set(metrics[direction]) == set(reference[direction])
         assert metrics[direction]["R@1"] == 1.0 and metrics[direction]["ranks"] == [1] * 6
-    assert evaluate.zeroshot_metrics(data / "video", data / "audio", ids, music="rows")["video_to_music"]["R@1"] == 1.0
-
-    # the video's rows past the end of the audio are not used (rows [0, min(T_video, T_audio)))
-    clip = root / "features" / "clip" / "id0.npy"
-    rows = np.load(clip)
-    rows[3:] = 100 * np.load(root / "features" / "clip" / "id1.npy")[0]
-    np.save(clip, rows)
-    assert evaluate.zeroshot_metrics(data / "video", data / "audio", ids)["video_to_music"]["ranks"] == [1] * 6
+    assert zeroshot_block(data / "video", data / "audio", ids, music="rows", with_ranks=True)["video_to_music"]["R@1"] == 1.0
 
     # id1 carries id0's music: a tie counts against the model, unless groups say the two are the same track
     for folder in ("wav2clip", "wav2clip_track"):
         np.save(root / "features" / folder / "id1.npy", np.load(root / "features" / folder / "id0.npy"))
-    tied = evaluate.zeroshot_metrics(data / "video", data / "audio", ids)["video_to_music"]["ranks"]
-    grouped = evaluate.zeroshot_metrics(data / "video", data / "audio", ids, groups=[0, 0, 1, 2, 3, 4])
+    tied = zeroshot_block(data / "video", data / "audio", ids, with_ranks=True)["video_to_music"]["ranks"]
+    grouped = zeroshot_block(data / "video", data / "audio", ids, groups=[0, 0, 1, 2, 3, 4], with_ranks=True)
     assert tied[0] == 2 and grouped["video_to_music"]["ranks"][0] == 1  # (video id1 no longer has its own music)
     assert tied[2:] == grouped["video_to_music"]["ranks"][2:] == [1] * 4
 
     (root / "features" / "wav2clip_track" / "id4.npy").unlink()
     with pytest.raises(ValueError, match=r"no whole-track embedding .*wav2clip_track/id4.npy"):
-        evaluate.zeroshot_metrics(data / "video", data / "audio", ids)
+        zeroshot_block(data / "video", data / "audio", ids, with_ranks=True)
     with pytest.raises(ValueError, match=r"id9: .*No such file"):
-        evaluate.zeroshot_metrics(data / "video", data / "audio", ids[:4] + ["id9"], music="rows")
+        zeroshot_block(data / "video", data / "audio", ids[:4] + ["id9"], music="rows")
 
 
 def test_evaluate_cli_prints_the_rows_beside_chance(gallery, capsys):
@@ -208,7 +213,6 @@ def test_model_evaluation_shows_the_zeroshot_row(gallery, capsys):
     """vmnet/test.py --wav2clip_dir: the zero-shot row sits beside the model, its baselines and chance."""
     from vmnet import test as vmnet_test, train as vmnet_train
     from vmr import report
-    from zeroshot.evaluate import zeroshot_metrics
 
     root, ids = gallery
     (root / "DATA" / "train.csv").write_text("ID\n" + "".join(f"{v}\n" for v in ids[:4]))
@@ -221,8 +225,7 @@ def test_model_evaluation_shows_the_zeroshot_row(gallery, capsys):
                             "--wav2clip_dir", str(root / "features" / "wav2clip"), "--clip_dir", str(root / "features" / "clip")]) == 0
     assert "zero-shot Wav2CLIP v->m" in capsys.readouterr().out
     m = json.loads(out.read_text())
-    assert m["baselines"]["zeroshot"] == zeroshot_metrics(root / "features" / "clip", root / "features" / "wav2clip", ids[4:],
-                                                          with_ranks=False)
+    assert m["baselines"]["zeroshot"] == zeroshot_block(root / "features" / "clip", root / "features" / "wav2clip", ids[4:])
     assert report.main(["--run", f"VM-NET={root / 'run'}", "--out", str(root / "report.html")]) == 0
     assert "zero-shot Wav2CLIP, video → music" in (root / "report.html").read_text()
     # without the flags: DATA's links point into features/, where clip/ and wav2clip/ sit side by side

@@ -1,7 +1,7 @@
 """Items for the segment Transformer: per-second rows of a video and its music, each with its own segments.
 
-An item's rows are [0, T) with T = min(T_video, T_audio) (read by vmnet.data.load_pair, so both models
-see the same rows), cut at most at the last flow boundary. Video parts come from its optical-flow
+An item's rows are [0, T) with T = min(T_video, T_audio) (read by vmr.data.load_pair, so both models
+see the same rows); the seconds after the last flow boundary belong to the last segment. Video parts come from its optical-flow
 segments (flowProcessor's ranks.csv, or with `--segments_from features` from the video features' own
 change points). Music parts come from the music alone (vmr.segments.music_segments), never from the
 paired video: a gallery track is cut exactly as a library track without video would be. Segments longer
@@ -15,7 +15,7 @@ import torch
 from tqdm import tqdm
 
 from feature_extraction.flowProcessor import feature_trajectory, rank_segments, read_ranks_csv
-from vmnet.data import bad_id_reason, check_overlap, load_pair, read_ids
+from vmr.data import bad_id_reason, check_overlap, load_pair, read_ids
 from vmr.splits import LazyRows, Split, is_split
 from vmr.segments import MIN_SECONDS, N_BKPS, change_points, music_segments
 
@@ -53,11 +53,20 @@ def video_segments(video, n_bkps=N_BKPS, min_seconds=MIN_SECONDS):
     return boundaries, ranks
 
 
-def make_item(vid, video, audio, boundaries, ranks, max_seq_len, n_bkps=N_BKPS, min_seconds=MIN_SECONDS):
-    """An Item over rows [0, min(T_video, T_audio, last boundary)); raises ValueError when nothing is left."""
-    n_rows = min(len(video), len(audio), int(boundaries[-1]))
+def covering(boundaries, n_rows):
+    """Segment boundaries whose last segment reaches the last row: the seconds after the last flow boundary
+    belong to the last segment, so a video is always encoded and scored whole (as a query in retrieval is)."""
+    boundaries = [int(b) for b in boundaries]
     if n_rows < 1:
-        raise ValueError("no segment covers the feature rows")
+        raise ValueError("no feature rows")
+    boundaries[-1] = max(boundaries[-1], n_rows)
+    return boundaries
+
+
+def make_item(vid, video, audio, boundaries, ranks, max_seq_len, n_bkps=N_BKPS, min_seconds=MIN_SECONDS):
+    """An Item over rows [0, min(T_video, T_audio)), its last segment extended to the end (covering)."""
+    n_rows = min(len(video), len(audio))
+    boundaries = covering(boundaries, n_rows)
     kept = [(int(s), min(int(e), n_rows), int(r)) for s, e, r in zip(boundaries[:-1], boundaries[1:], ranks) if s < n_rows]
     top = min(kept, key=lambda k: k[2])
     bottom = max(kept, key=lambda k: k[2])
@@ -144,7 +153,7 @@ def load_items(data_dir, ids, flow_ranks=None, segments_from="ranks", max_seq_le
 
 
 def training_ids(train_csv, test_csv=None):
-    """The train CSV's ids; an overlap with the test CSV raises (vmnet.data.check_overlap)."""
+    """The train CSV's ids; an overlap with the test CSV raises (vmr.data.check_overlap)."""
     train_ids = read_ids(train_csv)
     if test_csv is not None:
         check_overlap(train_ids, read_ids(test_csv))

@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from vmnet.losses import ranking_loss
+from vmr.losses import ranking_loss
 
 
 def aligned_matrix(video, audio, lengths):

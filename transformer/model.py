@@ -19,6 +19,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from vmr.training import standard_deviation
+
 
 class Block(nn.Module):
     """Pre-norm encoder layer: h + attention(norm(h)), then h + feed-forward(norm(h))."""
@@ -106,10 +108,10 @@ class SegmentTransformer(nn.Module):
         self.audio = SegmentEncoder(audio_dim, **shared)
 
     def set_input_stats(self, video_mean, video_std, audio_mean, audio_std):
-        """Standardisation from the training split (float arrays); a zero std becomes 1."""
+        """Standardisation from the training split (float arrays); a unit that never varied (std 0) gets std 1 (vmr.training.standard_deviation)."""
         for encoder, mean, std in ((self.video, video_mean, video_std), (self.audio, audio_mean, audio_std)):
             encoder.mean.copy_(torch.as_tensor(mean, dtype=torch.float32))
-            encoder.std.copy_(torch.as_tensor(std, dtype=torch.float32).clamp_min(1e-6))
+            encoder.std.copy_(standard_deviation(std))
 
 
 def load_model(checkpoint_path):

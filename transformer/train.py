@@ -10,8 +10,6 @@ selection. Every epoch writes last.pt atomically (plain dicts, loadable with tor
 --resume continues from it and ends where an uninterrupted run ends.
 """
 import argparse
-import csv
-import io
 import math
 import sys
 import time
@@ -21,14 +19,14 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from feature_extraction.atomic import write_text
 from transformer.data import collate, encode_timeline, item_rows, load_items, training_ids
 from transformer.losses import aligned_matrix, flow_triplet_losses, pairing_loss, pooled, second_loss
 from transformer.model import SegmentTransformer
-from transformer.scoring import embed_items, score_matrices
-from vmnet.train import plain_args, plot_log, save_checkpoint, split_validation
+from transformer.scorer import RERANK, TransformerScorer, score_items
+from vmr.data import check_dims, data_groups, feature_names
 from vmr.metrics import score_metrics, selection_key
 from vmr.runs import check_resume_flags, feature_provenance, prepare_run_dir
+from vmr.training import param_groups, plain_args, save_checkpoint, split_validation, write_log
 
 LOG_COLUMNS = ["epoch", "train_loss", "val_scoring", "val_R@1", "val_R@10", "val_MedR", "val_pooled_R@1", "val_aligned_R@1",
                "seconds", "inter_loss",
@@ -127,12 +125,12 @@ def linear_start(train_items, val_items, max_dims, ridge=1e-2):
     """(video directions (Dv, d), audio directions (Da, d), video mean, audio mean, ridge) of the tuned time-aligned
     linear baseline (per-second CCA, ridge and d <= max_dims chosen on the validation items, as every evaluation
     tunes it); without validation items, ridge `ridge` and the first max_dims directions."""
-    from vmr.baselines import CCA, DIMS, tuned_aligned_linear
+    from vmr.baselines import ALIGNED_DIMS, CCA, tuned_aligned_linear
 
     train = (item_rows(train_items, "video"), item_rows(train_items, "audio"))
     if val_items:
         val = (item_rows(val_items, "video"), item_rows(val_items, "audio"))
-        baseline = tuned_aligned_linear(train, val, dims=[d for d in DIMS if d <= max_dims] or [max_dims])
+        baseline = tuned_aligned_linear(train, val, dims=[d for d in ALIGNED_DIMS if d <= max_dims] or [max_dims])
         cca, dims, ridge = baseline.model, baseline.dims, baseline.ridge
     else:
         cca = CCA(*train, ridge)
@@ -226,15 +224,12 @@ def train_epoch(model, items, optimizer, schedule, args, generator, device, epoc
     return {key: value / max(steps, 1) for key, value in sums.items()}
 
 
-def validate(model, items):
-    """Whole validation gallery, music cut from the music alone: video -> music blocks of both scorings."""
-    embedded = embed_items(model, items)
-    out = {}
-    for scoring in ("pooled", "aligned"):
-        v2m, m2v = score_matrices(embedded["video_seq"], embedded["audio_seq"], embedded["video"], embedded["audio"],
-                                  scoring, rerank=0, what="Transformer (validation)")
-        out[scoring] = score_metrics(v2m, with_ranks=False)["video_to_music"]
-    return out
+def validate(model, record, items):
+    """Whole validation gallery ranked by the Transformer's scorer (as test.py and retrieve.py rank), every track
+    rescored: video -> music blocks of both scorings."""
+    pooled, aligned = score_items(TransformerScorer(model, record, "aligned", rerank=0), items)
+    return {"pooled": score_metrics(pooled, with_ranks=False)["video_to_music"],
+            "aligned": score_metrics(aligned, with_ranks=False)["video_to_music"]}
 
 
 def head_scoring(scoring, val):
@@ -246,16 +241,6 @@ def head_scoring(scoring, val):
     return max(("aligned", "pooled"), key=lambda name: list(selection_key(val[name])))
 
 
-def write_log(save_dir, rows):
-    """train_log.csv and train_log.png (loss and validation recall per epoch, drawn by vmnet.train.plot_log)."""
-    buffer = io.StringIO()
-    writer = csv.DictWriter(buffer, fieldnames=LOG_COLUMNS, lineterminator="\n")
-    writer.writeheader()
-    writer.writerows(rows)
-    write_text(Path(save_dir) / "train_log.csv", buffer.getvalue())
-    plot_log(rows, Path(save_dir) / "train_log.png")
-
-
 def run(args):
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -264,15 +249,13 @@ def run(args):
         torch.use_deterministic_algorithms(True)
     save_dir = prepare_run_dir(args.save_dir, args.resume, args.overwrite)
     ids = training_ids(args.train_csv_path, args.test_csv_path)
-    train_ids, val_ids = split_validation(ids, args.val_fraction, args.seed)
+    train_ids, val_ids = split_validation(ids, args.val_fraction, args.seed, data_groups(args.train_data_dir))
     load = dict(flow_ranks=args.flow_ranks, segments_from=args.segments_from, max_seq_len=args.max_seq_len,
                 max_seconds=args.max_seconds, n_bkps=args.n_bkps, min_seconds=args.min_seconds)
     train_items = load_items(args.train_data_dir, train_ids, **load)
     dims = (train_items[0].video.shape[1], train_items[0].audio.shape[1])
     val_items = load_items(args.train_data_dir, val_ids, **load, dims=dims) if val_ids else []
     if args.test_csv_path:  # a test set of another width fails now, not after training
-        from vmnet.data import check_dims
-
         check_dims(args.test_data_dir or args.train_data_dir, training_ids(args.test_csv_path), dims)
     if len(train_items) < 2:
         raise ValueError(f"{args.train_csv_path}: need at least 2 usable training videos, got {len(train_items)}")
@@ -287,11 +270,15 @@ def run(args):
         start = linear_start(train_items, val_items, args.embed_dim)
         print(f"starting at the time-aligned linear model: ridge {start[4]:g}, {start[0].shape[1]} directions", file=sys.stderr)
         init_from_linear(model, *start[:4])
-    optimizer = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=args.weight_decay)
+    optimizer = torch.optim.AdamW(param_groups(model, args.weight_decay), lr=args.lr)
     schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_factor(args, steps_per_epoch(len(train_items), args.batch_size)))
     generator = torch.Generator().manual_seed(args.seed)
     rows, best, first_epoch = [], None, 1
     run_args = {key: getattr(args, key) for key in RUN_FLAGS}
+    record = {"model_type": "transformer", "config": model.config, "run_args": run_args, "args": plain_args(args),
+              "features": feature_names(args.train_data_dir), "provenance": feature_provenance(args.train_data_dir),
+              "train_data_dir": str(Path(args.train_data_dir).resolve()), "train_ids": [it.id for it in train_items],
+              "val_ids": [it.id for it in val_items], "rerank": RERANK}
     last = save_dir / "last.pt"
     if args.resume and last.is_file():
         state = torch.load(last, map_location="cpu", weights_only=True)
@@ -304,7 +291,6 @@ def run(args):
         rows, best, first_epoch = state["log"], state["best"], state["epoch"] + 1
         print(f"resuming after epoch {state['epoch']}", file=sys.stderr)
 
-    provenance = feature_provenance(args.train_data_dir)
     for epoch in range(first_epoch, args.epochs + 1):
         if best and val_items and args.patience and epoch - best["epoch"] > args.patience:
             print(f"early stop: no better validation score since epoch {best['epoch']}", file=sys.stderr)
@@ -320,7 +306,7 @@ def run(args):
                "val_scoring": "", "val_R@1": "", "val_R@10": "", "val_MedR": "", "val_pooled_R@1": "", "val_aligned_R@1": ""}
         improved = True
         if val_items:
-            val = validate(model, val_items)
+            val = validate(model, record, val_items)
             scoring = head_scoring(args.scoring, val)
             head = val[scoring]
             row.update({"val_scoring": scoring, "val_R@1": head["R@1"], "val_R@10": head["R@10"], "val_MedR": head["MedR"],
@@ -333,16 +319,16 @@ def run(args):
             best = {"epoch": epoch, "scoring": head_scoring(args.scoring, None)}
         row["seconds"] = round(time.time() - began, 3)
         rows.append(row)
-        state = {"model_type": "transformer", "model": model.state_dict(), "optimizer": optimizer.state_dict(),
-                 "schedule": schedule.state_dict(), "epoch": epoch, "config": model.config, "run_args": run_args,
-                 "args": plain_args(args), "train_data_dir": str(Path(args.train_data_dir).resolve()),
-                 "provenance": provenance, "train_ids": [it.id for it in train_items], "val_ids": [it.id for it in val_items],
-                 "rng": torch.get_rng_state(), "generator": generator.get_state(), "log": rows, "best": best}
-        if improved:  # best.pt names the scoring it was selected with: test.py heads its table with that one
+        # every checkpoint names a resolved scoring (this epoch's choice; best.pt the one it was selected with), so
+        # test.py and retrieve.py rank last.pt and best.pt alike
+        state = {**record, "model": model.state_dict(), "optimizer": optimizer.state_dict(), "schedule": schedule.state_dict(),
+                 "epoch": epoch, "scoring": row["val_scoring"] or best["scoring"], "rng": torch.get_rng_state(),
+                 "generator": generator.get_state(), "log": rows, "best": best}
+        if improved:
             save_checkpoint(save_dir / "best.pt", {**{k: v for k, v in state.items() if k not in ("optimizer", "schedule")},
-                                                   "run_args": {**run_args, "scoring": best["scoring"]}})
+                                                   "scoring": best["scoring"]})
         save_checkpoint(last, state)
-        write_log(save_dir, rows)
+        write_log(save_dir, rows, LOG_COLUMNS)
         shown = (f"val {row['val_scoring']} R@1 {row['val_R@1']:.3f} R@10 {row['val_R@10']:.3f} MedR {row['val_MedR']}"
                  if val_items else "no validation")
         tqdm.write(f"epoch {epoch}: loss {losses['total']:.4f}  {shown}  {row['seconds']:.1f} s"
@@ -359,12 +345,12 @@ def main(argv=None):
         return 1
     print(f"best checkpoint: {best}")
     if args.test_csv_path:
-        from transformer.test import evaluate, print_summary
+        from transformer.scorer import load
+        from vmr.evaluation import evaluate, print_summary
 
         try:
-            metrics = evaluate(best, args.test_data_dir or args.train_data_dir, args.test_csv_path,
-                               Path(args.save_dir) / "metrics.json", flow_ranks=args.flow_ranks,
-                               segments_from=args.segments_from)
+            metrics = evaluate(*load(best), best, args.test_data_dir or args.train_data_dir, args.test_csv_path,
+                               Path(args.save_dir) / "metrics.json", flow_ranks=args.flow_ranks)
         except ValueError as error:
             print(f"error: {error}", file=sys.stderr)
             return 1

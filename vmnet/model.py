@@ -13,6 +13,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from vmr.training import standard_deviation
+
 
 def linear(n_in, n_out):
     layer = nn.Linear(n_in, n_out)
@@ -49,10 +51,10 @@ class VMNet(nn.Module):
             self.register_buffer(f"{name}_std", torch.ones(dim))
 
     def set_input_stats(self, video_mean, video_std, audio_mean, audio_std):
-        """Standardisation from the training split; a zero std becomes 1."""
+        """Standardisation from the training split; a unit that never varied (std 0) gets std 1 (vmr.training.standard_deviation)."""
         for name, mean, std in (("video", video_mean, video_std), ("audio", audio_mean, audio_std)):
             getattr(self, f"{name}_mean").copy_(torch.as_tensor(mean, dtype=torch.float32))
-            getattr(self, f"{name}_std").copy_(torch.as_tensor(std, dtype=torch.float32).clamp_min(1e-6))
+            getattr(self, f"{name}_std").copy_(standard_deviation(std))
 
     def embed_video(self, video):
         return F.normalize(self.video((video - self.video_mean) / self.video_std), dim=1)

@@ -28,7 +28,7 @@ from pathlib import Path
 import numpy as np
 
 from feature_extraction.atomic import atomic_path, save_npy, write_json, write_text
-from vmnet.data import bad_id_reason, check_overlap, read_ids, write_ids
+from vmr.data import bad_id_reason, check_overlap, read_ids, write_ids
 
 
 def feature_ids(folder):

@@ -20,8 +20,6 @@ Writes SAVE_DIR/last.pt every epoch (resume point), best.pt, train_log.csv and t
 Checkpoints are plain dicts that load with torch.load(weights_only=True).
 """
 import argparse
-import csv
-import io
 import sys
 import time
 from pathlib import Path
@@ -29,13 +27,15 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from feature_extraction.atomic import atomic_path, write_text
-from vmnet.data import check_dims, check_overlap, feature_names, load_sequences, read_ids
 from vmnet.losses import vmnet_loss
-from vmnet.model import VMNet, embed_rows, init_from_cca
+from vmnet.model import VMNet, init_from_cca
+from vmnet.scorer import VMNetScorer
 from vmr.baselines import CCA, tuned_cca
-from vmr.metrics import check_finite, retrieval_metrics, selection_key
+from vmr.data import check_dims, check_overlap, data_groups, feature_names, load_gallery, load_sequences, read_ids
+from vmr.metrics import score_metrics, selection_key
 from vmr.runs import check_resume_flags, feature_provenance, prepare_run_dir
+from vmr.scorer import score_rows
+from vmr.training import param_groups, plain_args, save_checkpoint, split_validation, write_log
 
 PRESETS = {
     "tuned": {"init": "cca", "margin": 0.2, "top_k": 10, "lr": [1e-3, 3e-4], "dropout": 0.5, "weight_decay": 1e-2, "crop": [0.1, 0.3],
@@ -102,72 +102,18 @@ def parse_args(argv=None):
     return args
 
 
-def split_validation(ids, fraction, seed):
-    """Seeded (train_ids, val_ids); no validation when it would hold fewer than 2 ids."""
-    n_val = int(round(fraction * len(ids)))
-    if n_val < 2 or len(ids) - n_val < 2:
-        return list(ids), []
-    order = np.random.default_rng(seed).permutation(len(ids))
-    val = set(order[:n_val].tolist())
-    return [v for i, v in enumerate(ids) if i not in val], [v for i, v in enumerate(ids) if i in val]
-
-
-def save_checkpoint(path, state):
-    with atomic_path(path) as tmp:
-        torch.save(state, tmp)
-
-
-def validation_scores(model, video, audio, device):
-    """Whole-gallery video->music metrics of the validation ids."""
-    model.eval()
-    v_emb = check_finite(embed_rows(model.embed_video, video, device=device), "VM-NET: validation video embeddings")
-    m_emb = check_finite(embed_rows(model.embed_music, audio, device=device), "VM-NET: validation music embeddings")
-    return retrieval_metrics(v_emb, m_emb, with_ranks=False)["video_to_music"]
+def validation_scores(scorer, val_video, val_audio):
+    """Whole-gallery video->music metrics of the validation ids, ranked by VM-NET's scorer (as test and retrieval)."""
+    queries, library = scorer.embed_queries(val_video), scorer.embed_tracks(val_audio)
+    return score_metrics(score_rows(scorer, queries, library), with_ranks=False)["video_to_music"]
 
 
 def stop_non_finite(save_dir, last, history, what):
     """FloatingPointError naming what went non-finite and the checkpoint that is kept (the log is written first)."""
     if history:
-        write_log(save_dir, history)
+        write_log(save_dir, history, LOG_COLUMNS)
     kept = f"the last good checkpoint {last} (epoch {history[-1]['epoch']})" if history else "no checkpoint (none written yet)"
     return FloatingPointError(f"{what}; stopping and keeping {kept}. Lower --lr or check the features")
-
-
-def write_log(save_dir, history, plot=True):
-    buf = io.StringIO()
-    writer = csv.DictWriter(buf, fieldnames=LOG_COLUMNS, lineterminator="\n", extrasaction="ignore")
-    writer.writeheader()
-    writer.writerows(history)
-    write_text(Path(save_dir) / "train_log.csv", buf.getvalue())
-    if plot:
-        plot_log(history, Path(save_dir) / "train_log.png")
-
-
-def plot_log(history, path):
-    from matplotlib.figure import Figure  # no pyplot: never touches the caller's backend (notebooks)
-
-    steps = np.arange(1, len(history) + 1)
-    fig = Figure(figsize=(9, 3.5))
-    ax1, ax2 = fig.subplots(1, 2)
-    ax1.plot(steps, [row["train_loss"] for row in history], "-o", ms=3)
-    ax1.set_xlabel("epoch (all learning rates in turn)" if any(r.get("lr_index", 0) for r in history) else "epoch")
-    ax1.set_ylabel("training loss")
-    for key in ("val_R@1", "val_R@10"):
-        values = [row[key] for row in history]
-        if any(v != "" for v in values):
-            ax2.plot(steps, [np.nan if v == "" else v for v in values], "-o", ms=3, label=key)
-    ax2.set_xlabel(ax1.get_xlabel())
-    ax2.set_ylabel("validation recall (video -> music)")
-    ax2.set_ylim(0, 1)
-    if ax2.lines:
-        ax2.legend()
-    fig.tight_layout()
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png", dpi=90)
-
-
-def plain_args(args):
-    return {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()}
 
 
 class CropPooler:
@@ -199,7 +145,7 @@ def linear_start(args, train, val, max_dims=512):
     validation ids, ridge 1e-2 and all directions. None with --init random."""
     if args.init != "cca":
         return None
-    if val[0] is None:
+    if not val[0]:
         cca, dims, ridge = CCA(*train, 1e-2), max_dims, 1e-2
     else:
         baseline = tuned_cca(train, val)
@@ -220,22 +166,23 @@ def train(args):
     ids = read_ids(args.train_csv_path)
     if args.test_csv_path:
         check_overlap(ids, read_ids(args.test_csv_path))
-    train_ids, val_ids = split_validation(ids, args.val_fraction, args.seed)
+    train_ids, val_ids = split_validation(ids, args.val_fraction, args.seed, data_groups(args.train_data_dir))
     train_ids, train_v, train_a = load_sequences(args.train_data_dir, train_ids, args.max_seconds, None, "train features")
     if len(train_ids) < 2:
         raise ValueError(f"{args.train_csv_path}: need at least 2 training ids, got {len(train_ids)}")
     dims = (train_v[0].shape[1], train_a[0].shape[1])
-    val_ids, val_v, val_a = load_sequences(args.train_data_dir, val_ids, args.max_seconds, dims, "validation features") if val_ids else ([], [], [])
+    # validation items are read whole (videos and tracks), as test.py and retrieve.py read them
+    val_ids, val_v, val_a = load_gallery(args.train_data_dir, val_ids, dims, "validation features") if val_ids else ([], [], [])
     if args.test_csv_path:  # a test set of another width fails now, not after training
         check_dims(args.test_data_dir, read_ids(args.test_csv_path), dims)
     pool = lambda rows: np.stack([r.mean(0) for r in rows]) if rows else None  # noqa: E731
-    video_pool, audio_pool, val_video, val_audio = pool(train_v), pool(train_a), pool(val_v), pool(val_a)
+    video_pool, audio_pool = pool(train_v), pool(train_a)
     crops = CropPooler(train_v, train_a, args.crop)
 
     config = {"video_dim": dims[0], "audio_dim": dims[1], "num_layers_video": args.num_layers_video,
               "num_layers_music": args.num_layers_music, "embed_dim": args.embed_dim, "dropout": args.dropout}
     run_args = {key: getattr(args, key) for key in RUN_FLAGS}
-    record = {"config": config, "run_args": run_args, "args": plain_args(args), "features": feature_names(args.train_data_dir),
+    record = {"model_type": "vmnet", "config": config, "run_args": run_args, "args": plain_args(args), "features": feature_names(args.train_data_dir),
               "provenance": feature_provenance(args.train_data_dir), "train_data_dir": str(Path(args.train_data_dir).resolve()),
               "train_ids": train_ids, "val_ids": val_ids}
     last = save_dir / "last.pt"
@@ -248,7 +195,7 @@ def train(args):
 
     from tqdm import tqdm
 
-    start = linear_start(args, (video_pool, audio_pool), (val_video, val_audio), min(512, args.embed_dim))
+    start = linear_start(args, (video_pool, audio_pool), (val_v, val_a), min(512, args.embed_dim))
     for lr_index in range(lr_index, len(args.lr)):
         lr0 = args.lr[lr_index]
         torch.manual_seed(args.seed)
@@ -257,7 +204,8 @@ def train(args):
             model.set_input_stats(video_pool.mean(0), video_pool.std(0), audio_pool.mean(0), audio_pool.std(0))
         if args.init == "cca":
             init_from_cca(model, *start, video_pool, audio_pool)
-        optimizer = torch.optim.AdamW(model.parameters(), lr=lr0, weight_decay=args.weight_decay)
+        optimizer = torch.optim.AdamW(param_groups(model, args.weight_decay), lr=lr0)
+        scorer = VMNetScorer(model, record, device)
         shuffle = torch.Generator().manual_seed(args.seed)
         rng = np.random.default_rng(args.seed)
         start_epoch, step, run_best = 0, 0, None
@@ -302,7 +250,7 @@ def train(args):
             improved_run = improved = True
             if val_ids:
                 try:
-                    val = validation_scores(model, val_video, val_audio, device)
+                    val = validation_scores(scorer, val_v, val_a)
                 except ValueError as error:
                     raise stop_non_finite(save_dir, last, history, f"{error} after epoch {epoch + 1}") from None
                 row.update({"val_R@1": val["R@1"], "val_R@10": val["R@10"], "val_MedR": val["MedR"]})
@@ -323,11 +271,11 @@ def train(args):
             if improved:  # best.pt is for evaluation and retrieval: no optimiser state
                 save_checkpoint(save_dir / "best.pt", {k: v for k, v in state.items() if k not in ("optimizer", "crop_rng")})
             save_checkpoint(last, state)
-            write_log(save_dir, history, plot=epoch + 1 == args.epochs)
+            write_log(save_dir, history, LOG_COLUMNS, plot=epoch + 1 == args.epochs)
             bar.set_postfix(loss=f"{row['train_loss']:.4f}", val_R10=row["val_R@10"] if row["val_R@10"] == "" else f"{row['val_R@10']:.3f}")
         resume_state = None
         bar.close()
-    write_log(save_dir, history)
+    write_log(save_dir, history, LOG_COLUMNS)
     if val_ids:
         print(f"best: learning rate {best['lr']:g}, epoch {best['epoch']} (validation R@1 {best['R@1']:.3f}, R@10 {best['R@10']:.3f})",
               file=sys.stderr)
@@ -343,10 +291,12 @@ def main(argv=None):
         return 1
     print(f"best checkpoint: {best}")
     if args.test_csv_path:
-        from vmnet.test import evaluate, print_summary
+        from vmnet.scorer import load
+        from vmr.evaluation import evaluate, print_summary
 
         try:
-            metrics = evaluate(best, args.test_data_dir, args.test_csv_path, Path(args.save_dir) / "metrics.json", seed=args.seed)
+            metrics = evaluate(*load(best), best, args.test_data_dir, args.test_csv_path, Path(args.save_dir) / "metrics.json",
+                               seed=args.seed)
         except (ValueError, OSError) as e:
             print(f"error: {e}", file=sys.stderr)
             return 1

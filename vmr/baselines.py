@@ -7,12 +7,18 @@
 Both choose the number of directions d and the ridge on a validation split of the training ids (never
 the test split) with vmr.metrics.selection_key, fit on the same training ids the models learn from.
 """
+import sys
+
 import numpy as np
 
-from vmr.metrics import normalize_rows, retrieval_metrics, selection_key
+from vmr.metrics import normalize_rows, score_metrics, selection_key
+from vmr.scorer import AlignedScoring, Scorer, pack_sequences, pooled_vectors, score_rows
 
 RIDGES = (1e-4, 1e-3, 1e-2, 1e-1, 1.0)
 DIMS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512)
+ALIGNED_DIMS = DIMS[1:]  # one direction makes every per-second cosine +-1: no ranking left to average
+MIN_VALIDATION = 20  # fewer validation items: no tuning, the defaults below and a warning
+SMALL_VALIDATION_DIMS = 16
 
 
 def _inv_sqrt(c):
@@ -73,33 +79,18 @@ class CCA:
         return (np.asarray(rows, np.float32) - self.mean_a) @ self.proj_a[:, :dims]
 
 
-def pad_sequences(sequences, dims=None):
-    """Per-second rows -> (n, T_max, d) float32 with unit rows, zero past each sequence's end, and (n,) lengths."""
-    lengths = np.array([len(s) for s in sequences])
-    width = sequences[0].shape[1] if dims is None else min(dims, sequences[0].shape[1])
-    out = np.zeros((len(sequences), lengths.max(), width), np.float32)
-    for i, s in enumerate(sequences):
-        out[i, :len(s)] = normalize_rows(s[:, :width])
-    return out, lengths
+def _tune(fit, score_val, ridges, dims, n_val, what):
+    """Grid search: fit(ridge) -> model; score_val(model, d) -> metrics; best (ridge, d, model, val block).
 
-
-def aligned_scores(query, query_len, gallery, gallery_len, chunk=256):
-    """(n, N) mean over t < min(T_q, T_g) of cos(query row t, gallery row t), from pad_sequences outputs.
-
-    Rows past a sequence's end are zero, so one matrix product sums exactly the common seconds.
-    """
-    width = min(query.shape[1], gallery.shape[1])
-    g = gallery[:, :width].reshape(len(gallery), -1)
-    out = np.empty((len(query), len(gallery)), np.float32)
-    for start in range(0, len(query), chunk):
-        q = query[start:start + chunk, :width].reshape(-1, g.shape[1])
-        common = np.minimum(query_len[start:start + chunk, None], gallery_len[None, :])
-        out[start:start + chunk] = (q @ g.T) / np.maximum(common, 1)
-    return out
-
-
-def _tune(fit, score_val, ridges=RIDGES, dims=DIMS):
-    """Grid search: fit(ridge) -> model; score_val(model, d) -> metrics; best (key, ridge, d, model, val block)."""
+    With fewer than MIN_VALIDATION validation items the choice would be noise (the demo's 2 clips chose one
+    direction, and one direction makes every per-second cosine +-1): ridge 1e-2 and the most directions up to
+    SMALL_VALIDATION_DIMS are used instead, with a warning."""
+    if n_val < MIN_VALIDATION:
+        model = fit(1e-2)
+        d = max(d for d in dims if d <= min(SMALL_VALIDATION_DIMS, model.proj_v.shape[1]))
+        print(f"warning: {what}: {n_val} validation items are too few to choose the ridge and the number of directions "
+              f"(fewer than {MIN_VALIDATION}); using ridge 1e-2 and {d} directions", file=sys.stderr)
+        return 1e-2, d, model, score_val(model, d)
     best = None
     for ridge in ridges:
         model = fit(ridge)
@@ -108,65 +99,71 @@ def _tune(fit, score_val, ridges=RIDGES, dims=DIMS):
             key = selection_key(val["video_to_music"])
             if best is None or key > best[0]:
                 best = (key, ridge, d, model, val)
-    return best
+    return best[1:]
+
+
+def _val_metrics(baseline, val):
+    return score_metrics(baseline.score(*val), with_ranks=False)
 
 
 def tuned_cca(train, val, ridges=RIDGES, dims=DIMS):
-    """Pooled CCA tuned on validation. train / val: (video (n, Dv), audio (n, Da)) mean-pooled rows.
-
-    Returns a Baseline whose score(video, audio) gives the (n, N) cosine matrix of new items.
-    """
-    def score_val(model, d):
-        return retrieval_metrics(model.project_video(val[0], d), model.project_audio(val[1], d), with_ranks=False)
-
+    """Pooled CCA tuned on validation. train: (video (n, Dv), audio (n, Da)) mean-pooled rows; val: (videos, tracks),
+    sequences of per-second rows (pooled by the scorer, as every evaluation does) or (n, D) mean rows."""
     stats = moments(train[0], train[1])
-    _, ridge, d, model, val_block = _tune(lambda r: CCA(None, None, r, stats), score_val, ridges, dims)
+    ridge, d, model, val_block = _tune(lambda r: CCA(None, None, r, stats),
+                                       lambda m, d: _val_metrics(Baseline("cca", m, None, d, None, False), val),
+                                       ridges, dims, len(val[0]), "tuned CCA")
     return Baseline("cca", model, ridge, d, val_block, aligned=False)
 
 
-def tuned_aligned_linear(train, val, ridges=RIDGES, dims=DIMS):
+def tuned_aligned_linear(train, val, ridges=RIDGES, dims=ALIGNED_DIMS):
     """Time-aligned linear baseline tuned on validation. train / val: (list of video (T, Dv), list of audio (T, Da))
-    per-second rows, paired (row t of both = the same second). The rows are streamed once into their moments
-    (never concatenated), so a split folder's lazy rows fit with the memory of one item."""
+    per-second rows, paired (row t of both = the same second). The training rows are streamed once into their
+    moments (never concatenated), so a split folder's lazy rows fit with the memory of one item."""
     stats = moments(train[0], train[1])
-
-    def score_val(model, d):
-        return scores_to_metrics(Baseline("aligned_linear", model, None, d, None, aligned=True).score(*val))
-
-    _, ridge, d, model, val_block = _tune(lambda r: CCA(None, None, r, stats), score_val, ridges, dims)
+    ridge, d, model, val_block = _tune(lambda r: CCA(None, None, r, stats),
+                                       lambda m, d: _val_metrics(Baseline("aligned_linear", m, None, d, None, True), val),
+                                       ridges, dims, len(val[0]), "aligned linear")
     return Baseline("aligned_linear", model, ridge, d, val_block, aligned=True)
 
 
-def scores_to_metrics(scores, relevant=None):
-    from vmr.metrics import score_metrics
-
-    return score_metrics(scores, relevant, with_ranks=False)
-
-
 class Baseline:
-    """A fitted, tuned linear baseline: `score(video, audio)` -> (n_video, n_audio) scores of new items."""
+    """A fitted, tuned linear baseline (its scorer: BaselineScorer)."""
 
     def __init__(self, name, model, ridge, dims, val_block, aligned):
         self.name, self.model, self.ridge, self.dims, self.val_block, self.aligned = name, model, ridge, dims, val_block, aligned
 
-    def score(self, video, audio, chunk=1024):
-        """Pooled: cosine of the projected rows. Aligned: blocks of `chunk` tracks by `chunk` queries, each
-        projected and padded when its block is scored, so memory holds 2 x chunk items whatever the gallery
-        (video / audio may be lazy split rows, read again per block: 1,024 keeps that to a few reads of a
-        validation split; 256 made the 20,000-item benchmark's test stage 3x slower)."""
-        if not self.aligned:
-            pv, pa = self.model.project_video(video, self.dims), self.model.project_audio(audio, self.dims)
-            return normalize_rows(pv) @ normalize_rows(pa).T
-        out = np.empty((len(video), len(audio)), np.float32)
-        for g0 in range(0, len(audio), chunk):
-            g_rows = range(g0, min(g0 + chunk, len(audio)))
-            g, g_len = pad_sequences([self.model.project_audio(audio[j], self.dims) for j in g_rows])
-            for q0 in range(0, len(video), chunk):
-                q_rows = range(q0, min(q0 + chunk, len(video)))
-                q, q_len = pad_sequences([self.model.project_video(video[i], self.dims) for i in q_rows])
-                out[q0:q0 + len(q_rows), g0:g0 + len(g_rows)] = aligned_scores(q, q_len, g, g_len)
-        return out
+    def score(self, video, audio):
+        """(n_video, n_audio) scores of new items, ranked by BaselineScorer (each item's whole rows)."""
+        scorer = BaselineScorer(self)
+        return score_rows(scorer, scorer.embed_queries(video), scorer.embed_tracks(audio))
 
     def settings(self):
         return {"ridge": self.ridge, "dims": self.dims, "chosen_on": "validation split of the train CSV",
                 "validation_video_to_music": {k: v for k, v in self.val_block["video_to_music"].items()}}
+
+
+class BaselineScorer(AlignedScoring, Scorer):
+    """A baseline ranked by the same code as the models (vmr.scorer): pooled CCA = cosine of the projected
+    mean rows; aligned linear = the aligned scoring of the projected, unit per-second rows (every pair)."""
+
+    def __init__(self, baseline):
+        self.baseline, self.kind = baseline, baseline.name
+        self.name = {"cca": "tuned CCA", "aligned_linear": "aligned linear"}[baseline.name]
+        self.scoring = "aligned" if baseline.aligned else "pooled"
+
+    def _project(self, rows, project):
+        """Unit per-second projections (aligned), or the unit projection of each item's mean row (pooled; rows may
+        also be an (n, D) array of mean rows)."""
+        if self.baseline.aligned:
+            return [normalize_rows(project(r, self.baseline.dims)) for r in rows]
+        pooled = rows if isinstance(rows, np.ndarray) and rows.ndim == 2 else np.stack([np.asarray(r, np.float32).mean(0) for r in rows])
+        return normalize_rows(project(pooled, self.baseline.dims))
+
+    def embed_tracks(self, rows, paths=None):
+        out = self._project(rows, self.baseline.model.project_audio)
+        return {"pooled": pooled_vectors(out), **pack_sequences(out)} if self.baseline.aligned else {"pooled": out}
+
+    def embed_queries(self, rows, boundaries=None):
+        out = self._project(rows, self.baseline.model.project_video)
+        return {"pooled": pooled_vectors(out), "seq": out} if self.baseline.aligned else {"pooled": out}

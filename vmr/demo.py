@@ -156,7 +156,7 @@ def main(argv=None):
     def prepare():
         demo.run("vmnet/prepare.py", "--features", features, "--video", "clip", "--audio", "vggish", "--out", data,
                  "--test_fraction", "0.25", "--seed", "0")
-        from vmnet.data import read_ids
+        from vmr.data import read_ids
 
         state["test_ids"] = read_ids(data / "test.csv")
         return f"{len(read_ids(data / 'train.csv'))} train / {len(state['test_ids'])} test ids (clip + vggish)"
@@ -198,7 +198,7 @@ def main(argv=None):
         demo.run("transformer/test.py", "--test_data_dir", data, "--test_csv_path", data / "test.csv",
                  "--flow_ranks", features / "flow" / "ranks.csv", "--checkpoint", transformer_dir / "best.pt",
                  "--out", transformer_dir / "metrics.json", "--peaks_dir", features / "av_peaks",
-                 "--compare", vmnet_dir, "--threads", args.threads, *zeroshot)
+                 "--threads", args.threads, *zeroshot)
         return metrics_line(transformer_dir / "metrics.json")
 
     def retrieve():

@@ -1,74 +1,83 @@
 """The evaluation protocol both models' test.py follow (README "Protocol"), step by step.
 
-1. The gallery is the test tracks; every query is ranked against all of them, both directions,
-   pessimistic ties (vmr.metrics.gt_ranks); non-finite scores stop the evaluation.
+1. The gallery is the test tracks, each whole, as in a user's library; every query video (whole) is ranked
+   against all of them by the model's scorer (vmr.scorer): the very ranking retrieve.py gives for a library of
+   the same tracks. Both directions; ties against the model (vmr.metrics.gt_ranks); non-finite scores stop it.
 2. Test ids seen in training or validation (the checkpoint lists them) are an error, and so are test
    features whose provenance (_feature.json) differs from the checkpoint's.
-3. Baselines on the same gallery: chance; ridge CCA on mean-pooled features and the time-aligned
-   linear model, both fitted on the checkpoint's training ids and tuned on its validation ids.
+3. Baselines on the same gallery, through the same ranking code: chance (counting groups); ridge CCA on
+   mean-pooled features and the time-aligned linear model, both fitted on the checkpoint's training ids and
+   tuned on its validation ids; the zero-shot Wav2CLIP row when clip and wav2clip rows exist.
 4. FAD against a real chance level; AV-Align with the video's duration.
+
+`main` is the whole test.py command line of both models (each passes its scorer).
 """
-import hashlib
+import argparse
+import json
 import sys
 from pathlib import Path
 
 import numpy as np
 
 from feature_extraction.atomic import write_json
-from vmnet.data import check_overlap, load_sequences, read_groups
 from vmr import metrics as M
-from vmr.baselines import tuned_aligned_linear, tuned_cca
+from vmr.baselines import BaselineScorer, tuned_aligned_linear, tuned_cca
+from vmr.data import check_dims, check_overlap, feature_names, load_gallery, load_sequences, read_groups, read_ids
 from vmr.runs import check_provenance, random_weight_kinds
+from vmr.scorer import answers, score_rows, shown
+from vmr.zeroshot import ROWS, ZeroShotScorer, load_rows
 
-
-def sha256_file(path):
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
+TOP = 5  # answers per query in retrieval.json
 
 
 def check_test_split(ckpt, test_data_dir, test_ids, what):
-    """Steps 2 of the protocol: no training or validation id in the test ids; the same feature provenance."""
+    """Step 2 of the protocol: no training or validation id in the test ids; the same feature provenance."""
     check_overlap(list(ckpt.get("train_ids", [])) + list(ckpt.get("val_ids", [])), test_ids)
     return check_provenance(ckpt.get("provenance"), test_data_dir, what)
 
 
-def score_blocks(v2m, m2v, groups, what, with_ranks=True):
-    """Both directions from score matrices (rows = queries; ground truth = the same index or the same group)."""
+def score_blocks(v2m, groups, what, with_ranks=True):
+    """Both directions from a (queries, tracks) score matrix: video -> music ranks its rows, music -> video its
+    columns (ground truth: the same index or the same group)."""
     try:  # groups, not an (n, n) relevance matrix: gt_ranks builds it a chunk of rows at a time
         return {"video_to_music": M.recall_block(M.gt_ranks(v2m, groups=groups), with_ranks=with_ranks),
-                "music_to_video": M.recall_block(M.gt_ranks(m2v, groups=groups), with_ranks=with_ranks)}
+                "music_to_video": M.recall_block(M.gt_ranks(v2m.T, groups=groups), with_ranks=with_ranks)}
     except ValueError as error:
         raise ValueError(f"{what}: {error}") from None
 
 
-def baselines(ckpt, test_video, test_audio, groups, max_seconds):
+def ranked(scorer, videos, tracks, boundaries=None, track_paths=None):
+    """(score matrix (n, N), answers (indices, scores) of the TOP best, queries, library) of one scorer."""
+    library = scorer.embed_tracks(tracks, track_paths)
+    queries = scorer.embed_queries(videos, boundaries)
+    return score_rows(scorer, queries, library), answers(scorer, queries, library, TOP), queries, library
+
+
+def scorer_block(scorer, videos, tracks, groups, what, boundaries=None, track_paths=None, with_ranks=False):
+    return score_blocks(ranked(scorer, videos, tracks, boundaries, track_paths)[0], groups, what, with_ranks)
+
+
+def baselines(ckpt, test_video, test_audio, groups):
     """Chance, tuned pooled CCA and the tuned time-aligned linear model on the test gallery.
 
-    test_video / test_audio: per-second rows of the gallery items, in gallery order. The baselines are
-    fitted on the checkpoint's training ids and tuned on its validation ids, read from its training folder;
-    without validation ids (or training data) only chance is given, with the reason.
+    The baselines are fitted on the checkpoint's training ids and tuned on its validation ids, read from its
+    training folder; without validation ids (or training data) only chance is given, with the reason.
     """
-    n = len(test_video)
-    out = {"chance": M.chance_block(n), "cca": None, "aligned_linear": None}
+    out = {"chance": M.chance_block(len(test_video), groups), "cca": None, "aligned_linear": None}
     data_dir, train_ids, val_ids = ckpt.get("train_data_dir"), ckpt.get("train_ids"), ckpt.get("val_ids")
     if not (data_dir and Path(data_dir).is_dir() and train_ids and val_ids and len(val_ids) >= 2):
         out["skipped"] = "the checkpoint has no validation ids or its training folder is gone"
         print(f"baselines: {out['skipped']}; only chance is reported", file=sys.stderr)
         return out
     dims = (test_video[0].shape[1], test_audio[0].shape[1])
+    max_seconds = (ckpt.get("run_args") or ckpt.get("args") or {}).get("max_seconds")
     _, tv, ta = load_sequences(data_dir, train_ids, max_seconds, dims, "baseline train features")
     _, vv, va = load_sequences(data_dir, val_ids, max_seconds, dims, "baseline validation features")
     pool = lambda rows: np.stack([r.mean(0) for r in rows])  # noqa: E731
-    for name, fit, train, val, test in (
-            ("cca", tuned_cca, (pool(tv), pool(ta)), (pool(vv), pool(va)), (pool(test_video), pool(test_audio))),
-            ("aligned_linear", tuned_aligned_linear, (tv, ta), (vv, va), (test_video, test_audio))):
-        model = fit(train, val)
-        scores = model.score(*test)
-        out[name] = {**score_blocks(scores, scores.T, groups, f"{name} baseline (test)", with_ranks=False),
-                     **model.settings()}
+    for name, baseline in (("cca", tuned_cca((pool(tv), pool(ta)), (vv, va))),
+                           ("aligned_linear", tuned_aligned_linear((tv, ta), (vv, va)))):
+        block = scorer_block(BaselineScorer(baseline), test_video, test_audio, groups, f"{name} baseline (test)")
+        out[name] = {**block, **baseline.settings()}
     return out
 
 
@@ -78,12 +87,6 @@ def provenance_banner(prov):
     if kinds:
         return f"{' and '.join(kinds)} features were computed with RANDOM weights: the numbers say nothing about real music"
     return None
-
-
-def top_tracks(scores, ids, k=5, shown=float):
-    """Per query row, the k best gallery ids with their scores (stable order)."""
-    order = M.top_k(scores, k)  # = the stable argsort's first k, a chunk of rows at a time
-    return [[{"id": ids[j], "score": shown(scores[i, j])} for j in row] for i, row in enumerate(order)]
 
 
 def groups_of(groups_csv, ids):
@@ -103,35 +106,97 @@ def zeroshot_folders(test_data_dir, ids, clip_dir=None, wav2clip_dir=None):
         return None
     features = Path(test_data_dir, "audio", f"{ids[0]}.npy").resolve().parent.parent
     clip_dir = Path(clip_dir or features / "clip")
-    wav2clip_dir = Path(wav2clip_dir or features / "wav2clip")
+    wav2clip_dir = Path(wav2clip_dir or features / ROWS)
     if all((clip_dir / f"{vid}.npy").is_file() and (wav2clip_dir / f"{vid}.npy").is_file() for vid in ids):
         return clip_dir, wav2clip_dir
     return None
 
 
-def common_blocks(ckpt, test_data_dir, ids, video, audio, top1, groups, max_seconds, peaks_dir, fad_dir,
-                  av_align_variant, seed, clip_dir, wav2clip_dir):
-    """What every model's metrics.json holds besides its own rows: baselines, zero-shot, FAD, AV-Align."""
-    out = {"baselines": baselines(ckpt, video, audio, groups, max_seconds)}
+def zeroshot_block(clip_dir, wav2clip_dir, ids, groups=None, music="track", with_ranks=False):
+    """The zero-shot Wav2CLIP row: clip rows of the test videos against the wav2clip tracks, whole, ranked by
+    vmr.zeroshot.ZeroShotScorer. Raises ValueError naming the file when one is missing or malformed."""
+    videos, tracks, paths = [], [], []
+    for vid in ids:
+        files = Path(clip_dir) / f"{vid}.npy", Path(wav2clip_dir) / f"{vid}.npy"
+        try:
+            videos.append(load_rows(files[0]))
+            tracks.append(load_rows(files[1]))
+        except (OSError, ValueError) as e:
+            raise ValueError(f"{vid}: {e}") from None
+        paths.append(files[1])
+    return scorer_block(ZeroShotScorer(music), videos, tracks, groups, "zero-shot (test)", track_paths=paths,
+                        with_ranks=with_ranks)
+
+
+def fad_folder(ckpt, test_data_dir):
+    """The folder of per-second VGGish rows of the test tracks, when the model's music is VGGish, else None."""
+    prov = ckpt.get("provenance") or {}
+    if "vggish" not in str((prov.get("audio") or {}).get("model", "")).lower():
+        return None
+    source = Path(test_data_dir) / "split.json"  # a split folder: the rows' files are in the folder it was written from
+    if source.is_file():
+        src = json.loads(source.read_text()).get("source")
+        return Path(src) / "audio" if src and (Path(src) / "audio").is_dir() else None
+    return Path(test_data_dir) / "audio"
+
+
+def evaluate(scorer, ckpt, checkpoint, test_data_dir, test_csv, out, flow_ranks=None, groups_csv=None, peaks_dir=None,
+             fad_dir=None, av_align_variant="2025", seed=0, clip_dir=None, wav2clip_dir=None):
+    """Every metric of the protocol for one checkpoint's scorer; writes metrics.json, retrieval.json and the
+    recall PNG beside OUT; returns the metrics dict."""
+    ids = read_ids(test_csv)
+    provenance = check_test_split(ckpt, test_data_dir, ids, f"{scorer.name} test on {test_data_dir}")
+    dims = (scorer.video_dim, scorer.audio_dim)
+    check_dims(test_data_dir, ids, dims)
+    ids, videos, tracks = load_gallery(test_data_dir, ids, dims)
+    if len(ids) < 2:
+        raise ValueError(f"{test_csv}: need at least 2 usable test ids, got {len(ids)}")
+    boundaries = None
+    if flow_ranks:
+        from feature_extraction.flowProcessor import read_ranks_csv
+
+        table = read_ranks_csv(flow_ranks)
+        boundaries = [table[vid]["segments"] if vid in table else None for vid in ids]
+    groups = groups_of(groups_csv, ids)
+    scores, (top_idx, top_scores), queries, library = ranked(scorer, videos, tracks, boundaries)
+    blocks = score_blocks(scores, groups, f"{scorer.name} (test)")
+    scorings = {scorer.scoring: {k: {key: v for key, v in b.items() if key != "ranks"} for k, b in blocks.items()}}
+    if scorer.scoring != "pooled":  # the pooled cosine beside it, on the same embeddings
+        scorings["pooled"] = score_blocks(queries["pooled"] @ library["pooled"].T, groups, f"{scorer.name} (pooled)", False)
+    top1 = [ids[row[0]] for row in top_idx]
+    metrics = {
+        "model": scorer.name,
+        "scorer": scorer.record(),
+        "checkpoint": str(Path(checkpoint).resolve()),
+        "checkpoint_sha256": scorer.checkpoint_sha256,
+        "features": feature_names(test_data_dir),
+        "provenance": provenance,
+        "test_csv": str(Path(test_csv).resolve()),
+        "seed": seed,
+        "gallery": len(ids),
+        "scoring": scorer.scoring,
+        "gallery_items": "whole tracks, ranked by the model's scorer (the ranking retrieve.py gives)",
+        **blocks,
+        "scorings": scorings,
+        "batch1024": M.batch_metrics(queries["pooled"], library["pooled"], 1024, seed),
+        "baselines": baselines(ckpt, videos, tracks, groups),
+    }
     folders = zeroshot_folders(test_data_dir, ids, clip_dir, wav2clip_dir)
     if folders:
-        from zeroshot.evaluate import zeroshot_metrics
-
-        out["baselines"]["zeroshot"] = zeroshot_metrics(*folders, ids, groups, with_ranks=False)
+        metrics["baselines"]["zeroshot"] = zeroshot_block(*folders, ids, groups)
     elif wav2clip_dir:
         raise ValueError(f"--wav2clip_dir {wav2clip_dir}: no clip and wav2clip rows for every test id")
-    prov = ckpt.get("provenance") or {}
-    if fad_dir is None and "vggish" in str((prov.get("audio") or {}).get("model", "")).lower():
-        fad_dir = Path(test_data_dir) / "audio"
-        source = Path(test_data_dir) / "split.json"  # a split folder: the rows' files are in the folder it was written from
-        if source.is_file():
-            import json
-
-            src = json.loads(source.read_text()).get("source")
-            fad_dir = Path(src) / "audio" if src and (Path(src) / "audio").is_dir() else None
-    out["fad"] = M.fad_report(fad_dir, ids, top1, ids, max_seconds) if fad_dir else None
-    out["av_align"] = M.av_align_report(ids, top1, peaks_dir, av_align_variant, seed) if peaks_dir else None
-    return out
+    fad_dir = fad_dir or fad_folder(ckpt, test_data_dir)
+    metrics["fad"] = M.fad_report(fad_dir, ids, top1, ids, scorer.max_seconds) if fad_dir else None
+    metrics["av_align"] = M.av_align_report(ids, top1, peaks_dir, av_align_variant, seed) if peaks_dir else None
+    entries = []
+    for i, vid in enumerate(ids):
+        entry = {"id": vid, "gt": vid, "top": [{"id": ids[j], "score": shown(scorer, s)} for j, s in zip(top_idx[i], top_scores[i])]}
+        if hasattr(scorer, "segment_matches"):
+            entry["segments"] = scorer.segment_matches(queries, library, i, ids)
+        entries.append(entry)
+    write_outputs(out, metrics, entries)
+    return metrics
 
 
 def write_outputs(out, metrics, queries):
@@ -159,8 +224,14 @@ def table(rows, ks=("R@1", "R@5", "R@10", "R@100", "MedR")):
         print(f"{name:28}" + "".join(f"{block[k]:9.3f}" if k != "MedR" else f"{block[k]:9.1f}" for k in ks))
 
 
-def print_common(metrics):
-    """Provenance warning, FAD and AV-Align lines shared by both models' summaries."""
+def print_summary(metrics):
+    """The model's rows (each scoring), its baselines and chance, then provenance warning, FAD and AV-Align."""
+    rows = []
+    for name, block in metrics["scorings"].items():
+        label = metrics["model"] if len(metrics["scorings"]) == 1 else f"{metrics['model']} {name}"
+        rows += [(f"{label} v->m", block["video_to_music"]), (f"{label} m->v", block["music_to_video"])]
+    print(f"whole gallery N = {metrics['gallery']} whole tracks; headline scoring: {metrics['scoring']}")
+    table(rows + baseline_rows(metrics))
     banner = provenance_banner(metrics.get("provenance"))
     if banner:
         print(f"WARNING: {banner}")
@@ -175,18 +246,53 @@ def print_common(metrics):
               f"shuffled {a['shuffled']:.3f}")
 
 
-def add_common_arguments(p):
-    """Flags both models' test.py share."""
-    p.add_argument("--test_data_dir", required=True, help="folder with video/<id>.npy and audio/<id>.npy")
+def build_parser(doc, checkpoint_help, aligned=False):
+    """The test.py command line: the protocol's flags, and --scoring / --rerank for models with an aligned score."""
+    from feature_extraction.cli import HelpFormatter
+
+    p = argparse.ArgumentParser(description=doc, formatter_class=HelpFormatter)
+    p.add_argument("--checkpoint", required=True, help=checkpoint_help)
+    p.add_argument("--test_data_dir", required=True, help="folder with video/<id>.npy and audio/<id>.npy, or a split folder")
     p.add_argument("--test_csv_path", required=True, help="CSV of test ids (the whole gallery)")
-    p.add_argument("--out", default="metrics.json", help="metrics.json path; retrieval.json and <stem>_recall.png go beside it (default metrics.json)")
-    p.add_argument("--groups", help="CSV with columns ID,group: ids sharing a group (the same track) all count as hits (default: none)")
-    p.add_argument("--peaks_dir", help="av_peaks folder (video/<id>.npy, video/<id>.json, audio/<id>.npy) for AV-Align (default: none)")
+    p.add_argument("--out", default="metrics.json", help="metrics.json path; retrieval.json and <stem>_recall.png go beside it")
+    p.add_argument("--groups", help="CSV with columns ID,group: ids sharing a group (the same track) all count as hits")
+    p.add_argument("--flow_ranks", help="ranks.csv giving the query videos' flow segments (default: the checkpoint's; ids "
+                                        "missing from it are cut where their features change)")
+    p.add_argument("--peaks_dir", help="av_peaks folder (video/<id>.npy, video/<id>.json, audio/<id>.npy) for AV-Align")
     p.add_argument("--av_align_variant", choices=("2025", "2023"), default="2025",
-                   help="2025: one-to-one matching (bounded by 1); 2023: a video peak may match several audio peaks (default 2025)")
+                   help="2025: one-to-one matching (bounded by 1); 2023: a video peak may match several audio peaks")
     p.add_argument("--fad_dir", help="folder of per-second VGGish rows <id>.npy for FAD (default: the test audio folder when it is VGGish)")
     p.add_argument("--wav2clip_dir", help="wav2clip rows of the test tracks for the zero-shot row (default: the wav2clip folder "
                                           "beside the feature folder the test audio links point into, when it has every id)")
     p.add_argument("--clip_dir", help="clip rows of the test videos for the zero-shot row (default: the clip folder beside it)")
-    p.add_argument("--max_seconds", type=int, help="use only the first N seconds (default: as in training)")
-    p.add_argument("--seed", type=int, default=0, help="seed of the batch-1024 extra and the shuffled baselines (default 0)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the batch-1024 extra and the shuffled baselines")
+    if aligned:
+        p.add_argument("--scoring", choices=["pooled", "aligned"],
+                       help="track score: pooled = cosine of track embeddings; aligned = mean cosine of the time-aligned "
+                            "per-second embeddings (default: the one the checkpoint was selected on)")
+        p.add_argument("--rerank", type=int, help="aligned scoring: pooled candidates rescored per query, as in retrieval "
+                                                  "(default: the checkpoint's, 1000; 0 = every track)")
+    p.add_argument("--threads", type=int, help="torch CPU threads (default: torch's choice)")
+    return p
+
+
+def main(argv, doc, checkpoint_help, load, aligned=False):
+    """test.py: `load(path, **options)` -> (scorer, checkpoint dict) of the model's package."""
+    args = build_parser(doc, checkpoint_help, aligned).parse_args(argv)
+    if args.threads:
+        import torch
+
+        torch.set_num_threads(args.threads)
+    options = {"scoring": args.scoring, "rerank": args.rerank} if aligned else {}
+    try:
+        scorer, ckpt = load(args.checkpoint, **options)
+        flow_ranks = args.flow_ranks or (ckpt.get("args") or {}).get("flow_ranks")
+        metrics = evaluate(scorer, ckpt, args.checkpoint, args.test_data_dir, args.test_csv_path, args.out, flow_ranks,
+                           args.groups, args.peaks_dir, args.fad_dir, args.av_align_variant, args.seed, args.clip_dir,
+                           args.wav2clip_dir)
+    except (ValueError, OSError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    print_summary(metrics)
+    print(f"wrote {args.out}")
+    return 0

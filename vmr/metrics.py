@@ -174,11 +174,31 @@ def batch_metrics(video_emb, music_emb, batch=1024, seed=0, repeats=5):
     return out
 
 
-def chance_block(N, ks=KS):
-    """Expected metrics of a random ranking of one relevant item among N."""
-    block = {f"R@{k}": min(k, N) / N for k in ks}
-    block["MedR"] = (N + 1) / 2
-    block["MeanR"] = (N + 1) / 2
+def chance_block(N, groups=None, ks=KS):
+    """Expected metrics of a random ranking of a gallery of N. Without groups each query has one relevant item;
+    with groups ((N,) labels) a query's relevant items are its group's g members and its rank is that of the
+    best of them: P(rank > K) = C(N - g, K) / C(N, K), E[rank] = (N + 1) / (g + 1), and MedR is the median over
+    queries of the smallest rank m with P(rank <= m) >= 1/2 ((N + 1) / 2 without groups, as before)."""
+    if groups is None:
+        sizes, counts = np.array([1]), np.array([N])
+    else:
+        _, inverse, group_sizes = np.unique(np.asarray(groups), return_inverse=True, return_counts=True)
+        sizes, counts = np.unique(group_sizes[inverse], return_counts=True)  # each query's g, and how many queries have it
+
+    def miss(g, k):  # C(N - g, k) / C(N, k): no relevant item within the first k
+        i = np.arange(min(k, N))
+        return float(np.prod(np.clip((N - g - i) / (N - i), 0, None)))
+
+    def hit(g, k):
+        return min(k, N) / N if g == 1 else 1 - miss(g, k)
+
+    block = {f"R@{k}": float(sum(c * hit(g, k) for g, c in zip(sizes, counts)) / N) for k in ks}
+    if groups is None:
+        block["MedR"] = (N + 1) / 2
+    else:
+        medians = [next(m for m in range(1, N + 1) if miss(g, m) <= 0.5) for g in sizes]
+        block["MedR"] = float(np.median(np.repeat(medians, counts)))
+    block["MeanR"] = float(sum(c * (N + 1) / (g + 1) for g, c in zip(sizes, counts)) / N)
     return block
 
 

@@ -1,6 +1,7 @@
 """What a training run records about itself and checks before it is trusted: its folder, its flags and
 the provenance of the features it was trained on. Shared by both models' train, test and retrieve scripts.
 """
+import hashlib
 import json
 import shutil
 from pathlib import Path
@@ -98,3 +99,11 @@ def check_folder(trained_on, kind, folders, what):
         if found != expected:
             raise ValueError(f"{what}: {kind} features in {folder} are {describe(found)}, "
                              f"the checkpoint was trained on {describe(expected)}{differences(found, expected)}")
+
+
+def sha256_file(path):
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()

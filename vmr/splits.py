@@ -9,7 +9,7 @@ A split folder holds
     ids.csv      header ID, one id per item
     split.json   dtype, sizes, where the rows came from
     video/_feature.json, audio/_feature.json   the provenance of the feature folders (vmr.runs reads them here)
-Item i's rows are exactly what vmnet.data.load_pair returns for it from the folder-of-npy layout (rows
+Item i's rows are exactly what vmr.data.load_pair returns for it from the folder-of-npy layout (rows
 [0, min(T_video, T_audio)), bad items left out with `id: reason`), so with float32 a split reads back bit
 for bit; float16 halves the disk and page cache at a relative error of about 5e-4.
 
@@ -17,7 +17,7 @@ The folder is written in a temp folder beside OUT and renamed into place when co
 write leaves no split (or the old one). Readers find the arrays' shape, dtype and data offset with
 np.load(mmap_mode="r") and read an item's rows with os.pread into a fresh array: nothing stays mapped, so a
 process that streams over 20,000 items keeps the RSS of one item (the rows sit in the page cache, shared
-and reclaimable, not in the process). vmnet.data.load_sequences and transformer.data.load_items accept a
+and reclaimable, not in the process). vmr.data.load_sequences and transformer.data.load_items accept a
 split folder wherever they take a data folder (detected by its offsets.npy and ids.csv).
 """
 import argparse
@@ -126,8 +126,8 @@ def write_split(out, items, dtype="float32", provenance=None, source=None):
 
 
 def items_from_folder(data_dir, ids, max_seconds=None):
-    """(id, video, audio) of every good id of a folder-of-npy DATA (vmnet.data.load_pair: bad ids print a reason)."""
-    from vmnet.data import load_pair
+    """(id, video, audio) of every good id of a folder-of-npy DATA (vmr.data.load_pair: bad ids print a reason)."""
+    from vmr.data import load_pair
 
     dims = None
     for vid in ids:
@@ -157,7 +157,7 @@ class Split:
     """A split folder opened for reading: ids, offsets, and one item's rows at a time (float32 copies)."""
 
     def __init__(self, folder):
-        from vmnet.data import read_ids
+        from vmr.data import read_ids
 
         self.folder = Path(folder)
         self.ids = read_ids(self.folder / "ids.csv")
@@ -266,7 +266,7 @@ def main(argv=None):
     p.add_argument("--out", required=True, help="split folder to write (replaced atomically when it exists)")
     p.add_argument("--dtype", choices=DTYPES, default="float32", help="row type on disk (default float32: reads back bit for bit)")
     args = p.parse_args(argv)
-    from vmnet.data import read_ids
+    from vmr.data import read_ids
 
     try:
         n = split_from_folder(args.data, read_ids(args.csv), args.out, args.dtype)

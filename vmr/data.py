@@ -1,10 +1,10 @@
-"""Training data: DIR/video/<id>.npy (T, Dv), DIR/audio/<id>.npy (T, Da), and id lists.
+"""The data layer both models stand on: DIR/video/<id>.npy (T, Dv), DIR/audio/<id>.npy (T, Da), id lists, groups.
 
 A split folder written by vmr/splits.py (vmnet/prepare.py --split_format mmap) is accepted wherever DIR is.
 
 A CSV has a header `ID` and one id per line; the original project's headerless `<id>.npy`
-lines are accepted too. Rows [0, min(T_video, T_audio)) are used (both streams start at
-t = 0, one row per second). A bad row (missing, empty, NaN or wrong-dimension file, or an id
+lines are accepted too. Training reads rows [0, min(T_video, T_audio)) of a pair (both streams start at
+t = 0, one row per second); evaluation reads each video and each track whole (load_gallery), as retrieval does. A bad row (missing, empty, NaN or wrong-dimension file, or an id
 that is not a plain file name) is reported as `id: reason` on stderr and skipped.
 """
 import csv
@@ -170,3 +170,42 @@ def check_dims(data_dir, ids, dims):
             raise ValueError(f"{data_dir}: {vid} has video/audio widths {found[0]}/{found[1]}, "
                              f"the training data {dims[0]}/{dims[1]}")
         return
+
+
+def load_gallery(data_dir, ids, dims=None, desc="test features"):
+    """(kept ids, videos, tracks) for evaluation: every good id's whole video rows and whole track rows, as a
+    query video and a library track are read in retrieval (no cut to the common length). A split folder
+    (vmr/splits.py) gives its stored rows, lazily. Bad ids print `id: reason`; ValueError when none is left."""
+    from tqdm import tqdm
+
+    from vmr.splits import is_split, load_split_sequences
+
+    if is_split(data_dir):
+        kept, video, audio = load_split_sequences(data_dir, ids, None, dims)
+    else:
+        kept, video, audio = [], [], []
+        for vid in tqdm(ids, desc=desc, unit="id", leave=False):
+            reason, arrays = bad_id_reason(vid), []
+            for kind, dim in zip(("video", "audio"), dims or (None, None)):
+                if reason:
+                    break
+                x, reason = _load_rows(Path(data_dir) / kind / f"{vid}.npy", dim)
+                arrays.append(x)
+            if reason:
+                tqdm.write(f"{vid}: {reason}", file=sys.stderr)
+                continue
+            dims = dims or (arrays[0].shape[1], arrays[1].shape[1])
+            kept.append(vid)
+            video.append(arrays[0].astype(np.float32))
+            audio.append(arrays[1].astype(np.float32))
+    if not kept:
+        raise ValueError(f"{data_dir}: no usable id out of {len(ids)}")
+    if len(kept) < len(ids):
+        print(f"{data_dir}: {len(ids) - len(kept)} of {len(ids)} ids skipped", file=sys.stderr)
+    return kept, video, audio
+
+
+def data_groups(data_dir):
+    """{id: group} from DATA/groups.csv (vmnet/prepare.py: ids sharing a track), or None when there is none."""
+    path = Path(data_dir) / "groups.csv"
+    return read_groups(path) if path.is_file() else None

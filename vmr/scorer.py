@@ -1,0 +1,198 @@
+"""One scorer per model: the single ranking that validation, test.py and retrieve.py all go through.
+
+A scorer is built from a checkpoint (or from a model while it trains) and knows what ranking needs: its feature
+folders and their provenance, its scoring and its rerank depth. It embeds a library of whole tracks once
+(`embed_tracks`: exactly what an index file stores) and queries (`embed_queries`), and `rank_candidates` orders
+the tracks for each query:
+
+    pooled   cosine of the pooled query and track vectors;
+    aligned  the query's pooled top `rerank` candidates (all tracks when rerank <= 0) are ordered by the
+             model's pair score (`pair_scores`), placed RERANK_OFFSET above every pooled score.
+
+`score_rows` gives the same scores as a full (queries, tracks) matrix for the protocol's whole-gallery ranks,
+`answers` the top k of each query, as `retrieve.py` prints them. Ties: answers list equal scores in library
+order; the protocol's ranks count every tie against the model (vmr.metrics.gt_ranks).
+
+The model packages implement Scorer (vmnet/scorer.py, transformer/scorer.py; the zero-shot and linear baselines
+in vmr/zeroshot.py and vmr/baselines.py); nothing here imports them.
+"""
+import numpy as np
+import torch
+
+from vmr.metrics import check_finite, normalize_rows
+from vmr.search import search
+
+RERANK_OFFSET = 3.0  # rescored candidates (pair scores in [-1, 1]) stay above every pooled score (<= 1)
+RETRIEVE_SCRIPT = {"vmnet": "vmnet/retrieve.py", "transformer": "transformer/retrieve.py", "zeroshot": "zeroshot/retrieve.py"}
+
+
+class Scorer:
+    """The interface every model implements (see the module docstring). Attributes:
+
+    kind            "vmnet", "transformer", "zeroshot" or a baseline's name; name: shown in tables and answers
+    scoring         "pooled" or "aligned"; rerank: aligned candidates per query (<= 0: every track)
+    video_features  feature folders whose rows, concatenated, are the video input (e.g. ["clip"])
+    audio_feature   the feature folder of the music rows (e.g. "vggish")
+    provenance      {"video": record, "audio": record}: the _feature.json records of the training features
+    max_seconds     rows beyond this many seconds are ignored (None: all)
+    flow_segments   whether queries are cut at their flow segments (boundaries passed to embed_queries)
+    video_dim, audio_dim   input widths
+    """
+
+    kind, name, scoring, rerank = None, None, "pooled", 0
+    flow_segments = False  # True: queries are cut at their flow segments (extracted with the video features)
+    video_features, audio_feature, provenance, max_seconds = (), None, None, None
+    video_dim = audio_dim = None
+    checkpoint_sha256 = None
+
+    def embed_tracks(self, rows, paths=None):
+        """rows: sequence of (T, audio_dim) arrays (a list, or a split folder's lazy rows) -> library dict with
+        "pooled" (N, E) float32 unit rows, and for aligned scorings "seq" (R, E) float16 per-second vectors of
+        all tracks concatenated with "seq_offsets" (N + 1,)."""
+        raise NotImplementedError
+
+    def embed_queries(self, rows, boundaries=None):
+        """rows: list of (T, video_dim) arrays; boundaries: per query the flow-segment boundaries (seconds) or
+        None -> dict with "pooled" (n, E) unit rows and, for aligned scorings, "seq": a list of (T, E) arrays."""
+        raise NotImplementedError
+
+    def pair_scores(self, queries, library, rows, cols):
+        """(P,) scores of the pairs (query rows[p], track cols[p]) under the aligned scoring."""
+        raise NotImplementedError
+
+    def record(self):
+        """What an index or metrics.json records about this scorer."""
+        return {"model": self.name, "kind": self.kind, "scoring": self.scoring, "rerank": self.rerank,
+                "video_features": list(self.video_features), "audio_feature": self.audio_feature,
+                "max_seconds": self.max_seconds, "checkpoint_sha256": self.checkpoint_sha256}
+
+    def cut(self, rows):
+        """The rows this scorer reads of one item: finite float32, the first max_seconds."""
+        rows = np.asarray(rows, np.float32)
+        return rows[:self.max_seconds] if self.max_seconds else rows
+
+
+def pooled_vectors(sequences):
+    """(n, E) renormalised means of per-second vectors."""
+    return normalize_rows(np.stack([np.asarray(s, np.float32).mean(0) for s in sequences]))
+
+
+def pack_sequences(sequences):
+    """{"seq": (R, E) float16, "seq_offsets": (N + 1,)}: the per-second vectors of every track, as an index stores
+    them. Scores are always computed from these float16 values, in tests and retrieval alike."""
+    return {"seq": np.concatenate(sequences).astype(np.float16),
+            "seq_offsets": np.concatenate([[0], np.cumsum([len(s) for s in sequences])]).astype(np.int64)}
+
+
+def track_sequence(library, j):
+    """Track j's per-second vectors (float32) from a packed library."""
+    offsets = library["seq_offsets"]
+    return library["seq"][offsets[j]:offsets[j + 1]].astype(np.float32)
+
+
+def candidates(scorer, queries, library, k, index=None):
+    """(n, m) track indices: each query's pooled top max(k, rerank) (every track when rerank <= 0 or the library
+    is small enough), by exact search or through a FAISS index over library["pooled"] (-1 = none found)."""
+    n_tracks = len(library["pooled"])
+    depth = n_tracks if scorer.scoring == "aligned" and scorer.rerank <= 0 else max(k, scorer.rerank)
+    if depth >= n_tracks and index is None:
+        return np.tile(np.arange(n_tracks), (len(queries["pooled"]), 1))
+    return search(library["pooled"], queries["pooled"], min(depth, n_tracks), index)[0]
+
+
+def candidate_scores(scorer, queries, library, cand):
+    """(n, m) final scores of the candidates: pooled cosines (gathered, so exact and FAISS search give the same
+    values), or RERANK_OFFSET + the pair score for aligned scorings. -inf where cand is -1."""
+    n, m = cand.shape
+    if scorer.scoring == "aligned" and m == len(library["pooled"]) and (cand == np.arange(m)).all():
+        return RERANK_OFFSET + check_finite(scorer.all_scores(queries, library), f"{scorer.name}: scores")  # every pair
+    valid = cand >= 0
+    rows = np.repeat(np.arange(n), m)[valid.ravel()]
+    cols = cand.ravel()[valid.ravel()]
+    out = np.full((n, m), -np.inf, np.float32)
+    if scorer.scoring == "aligned":
+        values = RERANK_OFFSET + np.asarray(scorer.pair_scores(queries, library, rows, cols), np.float32)
+    else:
+        values = np.einsum("pe,pe->p", queries["pooled"][rows], library["pooled"][cols])
+    out[valid] = check_finite(values, f"{scorer.name}: scores")
+    return out
+
+
+def answers(scorer, queries, library, k, index=None):
+    """(indices (n, k), scores (n, k)): each query's k best tracks, best first, equal scores in library order."""
+    cand = candidates(scorer, queries, library, k, index)
+    scores = candidate_scores(scorer, queries, library, cand)
+    order = np.lexsort((np.where(cand >= 0, cand, np.iinfo(np.int64).max), -scores), axis=1)[:, :k]
+    return np.take_along_axis(cand, order, 1), np.take_along_axis(scores, order, 1)
+
+
+def score_rows(scorer, queries, library):
+    """(n, N) float32: every track's score for every query, with exact search. Under an aligned scoring, tracks
+    outside a query's candidates keep their pooled cosine (below every candidate)."""
+    pooled = check_finite(queries["pooled"] @ library["pooled"].T, f"{scorer.name}: pooled scores")
+    if scorer.scoring == "aligned":
+        cand = candidates(scorer, queries, library, 1)
+        np.put_along_axis(pooled, cand, candidate_scores(scorer, queries, library, cand), 1)
+    return pooled
+
+
+class AlignedScoring:
+    """The aligned scoring of per-second unit vectors, for scorers whose embeddings have "seq": the mean over
+    t < min(T_query, T_track) of cos(query(t), track(t)), the track laid under the video from its start.
+    Pairs and the full grid give the same numbers (both read the library's float16 vectors as float32)."""
+
+    def pair_scores(self, queries, library, rows, cols):
+        out = np.empty(len(rows), np.float32)
+        cache = {}
+        for r in np.unique(rows):
+            at = np.flatnonzero(rows == r)
+            q = np.asarray(queries["seq"][r], np.float32)
+            for p in at:
+                c = cols[p]
+                if c not in cache:
+                    cache[c] = track_sequence(library, c)
+                t = min(len(q), len(cache[c]))
+                out[p] = np.einsum("te,te->", q[:t], cache[c][:t]) / max(t, 1)
+        return out
+
+    def all_scores(self, queries, library, block=1024):
+        """(n, N) scores of every pair, as matrix products over blocks of `block` queries and tracks zero-padded
+        past their ends (memory: two blocks, whatever the gallery)."""
+        n_tracks, n = len(library["seq_offsets"]) - 1, len(queries["seq"])
+        out = np.empty((n, n_tracks), np.float32)
+        for g0 in range(0, n_tracks, block):
+            g, g_len = _padded([track_sequence(library, j) for j in range(g0, min(g0 + block, n_tracks))])
+            for q0 in range(0, n, block):
+                q, q_len = _padded([np.asarray(s, np.float32) for s in queries["seq"][q0:q0 + block]])
+                width = min(q.shape[1], g.shape[1])
+                common = np.minimum(q_len[:, None], g_len[None, :])
+                products = q[:, :width].reshape(len(q), -1) @ g[:, :width].reshape(len(g), -1).T
+                out[q0:q0 + len(q), g0:g0 + len(g)] = products / np.maximum(common, 1)
+        return out
+
+
+def _padded(sequences):
+    lengths = np.array([len(s) for s in sequences])
+    out = np.zeros((len(sequences), lengths.max(), sequences[0].shape[1]), np.float32)
+    for i, s in enumerate(sequences):
+        out[i, :len(s)] = s
+    return out, lengths
+
+
+def shown(scorer, score):
+    """A score as the scoring defines it (RERANK_OFFSET removed)."""
+    return float(score - RERANK_OFFSET) if scorer.scoring == "aligned" and score > RERANK_OFFSET - 1.5 else float(score)
+
+
+def read_checkpoint(path, expected):
+    """A checkpoint dict (weights_only) of the kind `expected` ("vmnet" or "transformer"); a checkpoint of the other
+    model is an error naming the script that serves it. VM-NET checkpoints written before "model_type" was
+    recorded count as "vmnet"."""
+    ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    if not isinstance(ckpt, dict) or "config" not in ckpt:
+        raise ValueError(f"{path}: not a checkpoint written by vmnet/train.py or transformer/train.py")
+    kind = ckpt.get("model_type", "vmnet")
+    if kind != expected:
+        raise ValueError(f"{path} is a {kind} checkpoint, not a {expected} one; use {kind}/ scripts "
+                         f"(e.g. {RETRIEVE_SCRIPT.get(kind, kind)})")
+    return ckpt
