@@ -97,8 +97,9 @@ def pair_moment_scores(queries, tracks, rows, cols):
     each query's pooled candidates. Returns (scores (P,) float32, offsets (P,) int64)."""
     rows, cols = np.asarray(rows, np.int64), np.asarray(cols, np.int64)
     scores, offsets = np.empty(len(rows), np.float32), np.zeros(len(rows), np.int64)
-    for q in np.unique(rows):
-        pairs = np.flatnonzero(rows == q)
+    order = np.argsort(rows, kind="stable")
+    queries_in_order, first = np.unique(rows[order], return_index=True)
+    for q, pairs in zip(queries_in_order, np.split(order, first[1:])):
         scores[pairs], offsets[pairs] = moment_scores(queries[q], [tracks[c] for c in cols[pairs]])
     return scores, offsets
 

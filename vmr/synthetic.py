@@ -16,13 +16,14 @@ features suffice; in "trajectory" the static offset is small (pooling finds most
 identity lives in the time-aligned walk, which pooling removes by construction. "library" is the
 trajectory regime as a creator's music library (MGSV-EC): each video shows a moment of a longer track
 (30-120 s longer, whole-second offset drawn uniformly), several videos (1-4) share a track, and the
-video's latent is the track's latent over the moment; moments.csv records where.
+video's latent is the track's latent over the moment; moments.csv records where. The test split is the
+last n_test videos, so the track at the cut may have videos in both splits (MGSV-EC's splits share tracks).
 
 Families (FAMILIES) change the dynamics, the map and the noise, so that a model's defaults can be chosen
 on one family and reported on others: "walk" (the default, described above), "oscillation" (AR(2) noisy
 oscillations of 4-20 s periods, a saturating tanh map, more nuisance), "switching" (piecewise-constant
 states that switch more often in fast segments, a random 2-layer MLP warp of z per modality before the
-relu map, more noise, less nuisance).
+relu map, less noise and nuisance: the warp is what makes it hard for linear maps).
 """
 import argparse
 from dataclasses import dataclass, field
@@ -38,7 +39,7 @@ REGIMES = {
 FAMILIES = {
     "walk": dict(dynamics="walk", mapping="relu", noise=8.0, nuisance=1.0),
     "oscillation": dict(dynamics="oscillation", mapping="tanh", noise=6.0, nuisance=2.0),
-    "switching": dict(dynamics="switching", mapping="mlp", noise=10.0, nuisance=0.5),
+    "switching": dict(dynamics="switching", mapping="mlp", noise=5.0, nuisance=0.5),
 }
 TANH_SCALE = 4.0  # the tanh map is TANH_SCALE * tanh(x / TANH_SCALE): linear near 0, saturating beyond
 
@@ -115,11 +116,11 @@ def _path(rng, s, speed):
         a1, a2 = 2 * s.reversion * np.cos(2 * np.pi / periods), -s.reversion ** 2
         for t in range(2, length):
             walk[t] = a1 * walk[t - 1] + a2 * walk[t - 2] + 0.8 * speed[t] * rng.normal(size=s.latent)
-    else:  # switching: piecewise constant, a new state with probability 0.1 + 0.3 * speed each second
-        state = 2.3 * speed[0] * rng.normal(size=s.latent)
+    else:  # switching: piecewise constant, a new N(0, I) state with probability 0.1 + 0.3 * speed each second
+        state = rng.normal(size=s.latent)
         for t in range(length):
             if rng.random() < 0.1 + 0.3 * speed[t]:
-                state = 2.3 * speed[t] * rng.normal(size=s.latent)
+                state = rng.normal(size=s.latent)
             walk[t] = state
     walk -= walk.mean(0)
     return walk
@@ -162,8 +163,8 @@ def generate(s: Settings):
     warp_v = warp_a = None
     if s.mapping == "mlp":  # one random 2-layer MLP per modality, so the two see different warps of z
         hidden = 4 * s.latent
-        warp_v, warp_a = [(rng.normal(size=(s.latent, hidden)) / np.sqrt(s.latent), rng.normal(size=hidden) * 0.5,
-                           rng.normal(size=(hidden, s.latent)) * 2 / np.sqrt(hidden)) for _ in range(2)]
+        warp_v, warp_a = [(rng.normal(size=(s.latent, hidden)) * 0.5 / np.sqrt(s.latent), rng.normal(size=hidden) * 0.5,
+                           rng.normal(size=(hidden, s.latent)) * 3 / np.sqrt(hidden)) for _ in range(2)]
     if s.regime == "library":
         return _library(rng, s, a_v, a_a, b_v, b_a, centres, warp_v, warp_a)
     pairs = []
