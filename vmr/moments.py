@@ -14,7 +14,8 @@ track, MoR@K = the true track within the first K and IoU > threshold (strict).
 """
 import numpy as np
 
-# Elements of one query-by-candidates cosine block: bounds the fast path's memory (64 MiB of float32).
+# Elements of one block's cosine matrix and of its copy of the candidates' rows: bounds the fast path's
+# memory (64 MiB of float32 each) and keeps the copy small enough to be reused, not page-faulted anew.
 BLOCK_ELEMENTS = 1 << 24
 
 
@@ -79,7 +80,7 @@ def moment_scores(query, tracks):
         return scores, offsets
     # blocks of tracks of similar length, so that one long track does not set every block's size
     order = np.argsort([len(t) for t in tracks], kind="stable")
-    budget = max(1, BLOCK_ELEMENTS // max(1, len(query)))
+    budget = max(1, BLOCK_ELEMENTS // max(len(query), query.shape[1], 1))  # rows: bounds the cosines and the copy
     first = 0
     while first < len(order):
         last, rows = first, 0
