@@ -78,17 +78,14 @@ def moment_scores(query, tracks):
     scores, offsets = np.empty(len(tracks), np.float32), np.zeros(len(tracks), np.int64)
     if not tracks:
         return scores, offsets
-    # blocks of tracks of similar length, so that one long track does not set every block's size
-    order = np.argsort([len(t) for t in tracks], kind="stable")
     budget = max(1, BLOCK_ELEMENTS // max(len(query), query.shape[1], 1))  # rows: bounds the cosines and the copy
     first = 0
-    while first < len(order):
+    while first < len(tracks):  # consecutive tracks, up to `budget` rows (at least one track) per block
         last, rows = first, 0
-        while last < len(order) and (last == first or rows + len(tracks[order[last]]) <= budget):
-            rows += len(tracks[order[last]])
+        while last < len(tracks) and (last == first or rows + len(tracks[last]) <= budget):
+            rows += len(tracks[last])
             last += 1
-        ids = order[first:last]
-        scores[ids], offsets[ids] = _block_scores(query, [tracks[i] for i in ids])
+        scores[first:last], offsets[first:last] = _block_scores(query, tracks[first:last])
         first = last
     return scores, offsets
 
