@@ -208,3 +208,30 @@ def test_bad_annotation_rows_are_reported_and_ids_stay_strings(tmp_path):
 def test_published_rows():
     assert mgsv.MADE == mgsv.PublishedRow("MaDe", 10.5, 0.722, 8.8, 16.3, 19.8, 8.3, 17.6, 30.7)
     assert "RUCMM/MGSV" in mgsv.PUBLISHED_SOURCE and len(mgsv.PUBLISHED) == 13
+
+
+def test_slurm_job_converts_what_submit_fetched_first(release, server, tmp_path):
+    """submit.py --stage mgsv fetches and checks on the submitting node (compute nodes are often offline), then
+    submits slurm/mgsv.sl, which runs the conversion with VMR_OUT and ARGS (stand-ins for sbatch and Python)."""
+    _, files = release
+    server.files.update(files)
+    bin_dir, out, cache = tmp_path / "bin", tmp_path / "mgsv", tmp_path / "cache"
+    bin_dir.mkdir()
+    (bin_dir / "sbatch").write_text(f"#!/bin/sh\necho \"$@\" > {tmp_path / 'sbatch_argv'}\necho 4242\n")
+    (bin_dir / "sbatch").chmod(0o755)
+    env = dict(os.environ, PATH=f"{bin_dir}:{os.environ['PATH']}", VMR_CACHE=str(cache))
+    r = subprocess.run([sys.executable, "slurm/submit.py", "--stage", "mgsv", "--out", str(out),
+                        "--args", f"--source {server.url} --splits test"], cwd=REPO, env=env, capture_output=True,
+                       text=True, timeout=120)
+    assert r.returncode == 0 and r.stdout.splitlines()[-1] == "4242", r.stderr
+    assert sorted(p.name for p in (cache / "mgsv").glob("[!.]*")) == [
+        "MGSV_feature.zip", "MGSV_feature.zip.sha256", "manifest.json", "test_data.csv", "test_data.csv.sha256"]
+    assert (tmp_path / "sbatch_argv").read_text().split() == ["--parsable", "slurm/mgsv.sl"]
+    assert not (out / "data").exists()  # nothing converted on the submitting node
+
+    fake = tmp_path / "python"
+    fake.write_text(f"#!/bin/sh\necho \"$@\" >> {tmp_path / 'argv'}\n")  # the exit trap runs it again (records.py)
+    fake.chmod(0o755)
+    subprocess.run(["bash", str(REPO / "slurm" / "mgsv.sl")], check=True, capture_output=True,
+                   env=dict(env, VMR_PYTHON=str(fake), VMR_OUT=str(out), VMR_REPO=str(REPO), ARGS="--dtype float16"))
+    assert (tmp_path / "argv").read_text().splitlines()[0] == f"-m vmr.mgsv --out {out} --dtype float16"
