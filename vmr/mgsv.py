@@ -239,6 +239,14 @@ class Release:
         missing = [d for d in dict.fromkeys(FEATURE_DIRS.values()) if d not in self.roots]
         if missing:
             raise MgsvError(f"{self.source}: no {' or '.join(d + '/' for d in missing)} folder found in it")
+        folders = [f"{self.roots[d]}/{sub}" for sub, d in FEATURE_DIRS.items()]
+        if self.zip is None:
+            missing = [f for f in folders if not os.path.isdir(f)]
+        else:
+            missing = [f for f in folders if not any(m.startswith(f + "/") for m in self.members)]
+        if missing:
+            raise MgsvError(f"{self.source}: no folder {', '.join(missing)} (expected vit_feature, vit_mask, "
+                            "ast_feature and ast_mask of .pt files)")
 
     def name(self, sub, item_id):
         """The file's name in messages: a path, or ARCHIVE:member."""
