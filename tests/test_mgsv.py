@@ -3,6 +3,7 @@ from 127.0.0.1 (or read from a folder), fetched and converted by the code a user
 import csv
 import hashlib
 import io
+import json
 import os
 import subprocess
 import sys
@@ -139,7 +140,7 @@ def test_fetch_from_server_convert_resume_and_tampered_cache(release, server, tm
     assert (out / "LICENSE-DATA.txt").read_text() == mgsv.LICENCE
     check_data(out / "data")
     assert '"dtype": "float32"' in (out / "data/video/_feature.json").read_text()
-    manifest = __import__("json").loads((cache / "mgsv" / "manifest.json").read_text())
+    manifest = json.loads((cache / "mgsv" / "manifest.json").read_text())
     assert {name: (e["size"], e["sha256"]) for name, e in manifest.items()} == {
         Path(path).name: (len(data), hashlib.sha256(data).hexdigest()) for path, data in files.items()}
     assert manifest["MGSV_feature.zip"]["url"] == f"{server.url}/MGSV_feature.zip"
@@ -175,6 +176,9 @@ def test_local_folder_is_read_by_the_same_code(release, tmp_path, capsys):
     assert mgsv.main(["--out", str(out), "--source", str(folder)]) == 1
     err = capsys.readouterr().err.strip().splitlines()[-1]
     assert err.startswith(f"error: {out / 'data' / 'video'}: made with {{") and err.endswith("use another --out")
+    assert snapshot(out) == before
+    # converting one split again keeps the other splits' moments
+    assert mgsv.main(["--out", str(out), "--source", str(folder), "--dtype", "float16", "--splits", "test"]) == 0
     assert snapshot(out) == before
 
     # the zip placed in a folder beside the CSVs (downloaded by hand) is read in place as well

@@ -20,6 +20,7 @@ Convert. OUT/data is a data folder as the models read it:
     train.csv, val.csv, test.csv   header ID: the video ids of each split (strings, as in the CSVs)
     moments.csv            header ID,start,end,track: the ground-truth moment (music_start, music_end, seconds
                            on the track, verbatim from the CSV) and the track id of every converted video
+                           (a run with fewer --splits into the same OUT keeps the other splits' rows)
     video/_feature.json, audio/_feature.json   where the rows come from and how they were converted
 and OUT/LICENSE-DATA.txt holds the data's licence notice (also printed by every run).
 
@@ -475,10 +476,15 @@ def convert(csvs, release, out, dtype="float32"):
         if not (data / f"{split}.csv").exists() or read_ids(data / f"{split}.csv") != good:  # a rerun changes nothing
             write_ids(data / f"{split}.csv", good)
         print(f"{split}: {len(good)} of {len(rows)} videos", file=sys.stderr)
+    # moments.csv covers every split converted into DATA so far: the rows of this run's splits replace their old ones
+    ours, kept = {row.video_id for rows in splits.values() for row in rows}, []
+    if (data / "moments.csv").exists():
+        with open(data / "moments.csv", newline="", encoding="utf-8") as f:
+            kept = [(r["ID"], r["start"], r["end"], r["track"]) for r in csv.DictReader(f) if r["ID"] not in ours]
     text = io.StringIO()
     writer = csv.writer(text, lineterminator="\n")
     writer.writerow(["ID", "start", "end", "track"])
-    writer.writerows(moments)
+    writer.writerows(kept + moments)
     write_changed(data / "moments.csv", text.getvalue())
     if warnings:
         print(f"{warnings} warning(s) about the release's own rules (see `warning:` lines)", file=sys.stderr)
