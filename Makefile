@@ -11,7 +11,7 @@ DEVICE ?= cpu
 ARGS ?=
 PYTEST_ARGS ?=
 
-.PHONY: setup setup-gpu sysdeps test demo features weights bench lists notebooks
+.PHONY: setup setup-gpu sysdeps test demo features weights bench lists notebooks mgsv
 
 setup: $(STAMP)
 
@@ -56,6 +56,11 @@ bench: setup
 
 lists: setup
 	$(PY) lists/himv.py
+
+# MGSV-EC: fetch the public release and convert it (python -m vmr.mgsv --help). OUT defaults to mgsv here, not to
+# the features folder of `make features`: `make mgsv OUT=/data/mgsv ARGS="--splits test --dtype float16"`.
+mgsv: setup
+	$(PY) -m vmr.mgsv --out $(if $(filter command line environment,$(origin OUT)),$(OUT),mgsv) $(ARGS)
 
 notebooks: setup
 	$(PY) -m vmnet.notebooks --demo_dir $${VMR_DEMO_DIR:-demo_out}

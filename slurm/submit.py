@@ -35,9 +35,11 @@ REPO = Path(__file__).resolve().parents[1]
 
 EXTRACTION = {"features": "resnet clip vggish", "resnet": "resnet", "clip": "clip", "vggish": "vggish",
               "i3d": "i3d", "flow": "flow"}  # stage -> default FEATURES
-STAGES = [*EXTRACTION, "download", "train_vmnet", "train_transformer"]
-TRAINING = {"train_vmnet", "train_transformer"}  # one job, no list
-DEFAULT_OUT = {"download": "data/SymMV", "train_vmnet": "runs/vmnet", "train_transformer": "runs/transformer"}
+STAGES = [*EXTRACTION, "download", "train_vmnet", "train_transformer", "mgsv"]
+TRAINING = {"train_vmnet", "train_transformer"}
+ONE_JOB = TRAINING | {"mgsv"}  # one job, no list
+DEFAULT_OUT = {"download": "data/SymMV", "train_vmnet": "runs/vmnet", "train_transformer": "runs/transformer",
+               "mgsv": "mgsv"}
 DEFAULT_DATA = "data/vmnet"  # VMR_DATA of the training .sl files, relative to the repo root
 TRAIN_MEMORY_BASE_GB, TRAIN_MEMORY_PER_DATA_BYTE = 4, 1.5  # --mem of a training job: 4 GB + 1.5 x its data
 # Pending reasons that are Slurm's own verdict that the partition refuses the request as it stands.
@@ -60,9 +62,10 @@ def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--stage", choices=STAGES, help="which slurm/<stage>.sl to submit")
     p.add_argument("--list", type=Path, help="file with one input per line (videos; URLs for download); "
-                   "not used by the training stages")
+                   "not used by the training stages and mgsv")
     p.add_argument("--out", type=Path, help="VMR_OUT: output folder (training: the save dir); records go to "
-                   "OUT/.slurm/ (default: features; data/SymMV for download; runs/vmnet, runs/transformer for training)")
+                   "OUT/.slurm/ (default: features; data/SymMV for download; runs/vmnet, runs/transformer for training; "
+                   "mgsv for mgsv, which fetches MGSV-EC on this node before submitting)")
     p.add_argument("--tasks", type=int, default=1, help="array size N, capped at the number of list lines (default: 1)")
     p.add_argument("--features", help="FEATURES for the extraction stages (default: the stage's own, e.g. 'resnet' "
                    "for --stage resnet, 'resnet clip vggish' for --stage features)")
@@ -89,7 +92,7 @@ def parse_args(argv=None):
     if args.resubmit_failed is None:
         if args.stage is None:
             p.error("--stage is required (or --resubmit_failed JOBID)")
-        if args.stage not in TRAINING and args.list is None:
+        if args.stage not in ONE_JOB and args.list is None:
             p.error(f"--stage {args.stage} needs --list")
     if args.tasks < 1:
         p.error("--tasks must be >= 1")
@@ -231,7 +234,7 @@ def array_spec(tasks):
 
 def submit(stage, env_vars, tasks, options, out, dry_run, resubmit_of=None, list_path=None, inputs=None):
     """Submit the array (and the merge job for extraction stages); write the job record."""
-    array = None if stage in TRAINING else array_spec(tasks)
+    array = None if stage in ONE_JOB else array_spec(tasks)
     argv = sbatch_argv(f"{stage}.sl", array, options)
     merge_vars = {"VMR_OUT": env_vars["VMR_OUT"]}
     if dry_run:
@@ -428,7 +431,7 @@ def new_submission(args, out):
     check_no_credentials("--sbatch", args.sbatch)
     env_vars = {"VMR_OUT": str(out)}
     tasks, list_path, n_lines = [0], None, None
-    if args.stage not in TRAINING:
+    if args.stage not in ONE_JOB:
         lst = list_path = args.list.resolve()
         if not lst.is_file():
             raise SystemExit(f"{args.list}: no such list file")
@@ -456,6 +459,11 @@ def new_submission(args, out):
         if names:
             print(f"weights ok: {', '.join(names)}", file=sys.stderr)
         env_vars["FEATURES"] = " ".join(features)
+    if args.stage == "mgsv" and not args.dry_run:  # compute nodes are often offline: fetch and check here
+        from vmr import mgsv
+
+        if mgsv.main([*shlex.split(args.args), "--out", str(out), "--download_only"]) != 0:
+            raise SystemExit("MGSV-EC could not be fetched (above); nothing submitted")
     options = shlex.split(args.sbatch)
     if args.stage in TRAINING:
         data = (args.data or REPO / DEFAULT_DATA).resolve()
