@@ -144,23 +144,19 @@ def write_log(save_dir, history, plot=True):
 
 
 def plot_log(history, path):
+    """train_log.png: loss and validation recall per epoch, one line per learning rate (vmr.report.plot_training_log)."""
     from matplotlib.figure import Figure  # no pyplot: never touches the caller's backend (notebooks)
 
-    steps = np.arange(1, len(history) + 1)
+    from vmr.report import plot_training_log
+
     fig = Figure(figsize=(9, 3.5))
     ax1, ax2 = fig.subplots(1, 2)
-    ax1.plot(steps, [row["train_loss"] for row in history], "-o", ms=3)
-    ax1.set_xlabel("epoch (all learning rates in turn)" if any(r.get("lr_index", 0) for r in history) else "epoch")
-    ax1.set_ylabel("training loss")
-    for key in ("val_R@1", "val_R@10"):
-        values = [row[key] for row in history]
-        if any(v != "" for v in values):
-            ax2.plot(steps, [np.nan if v == "" else v for v in values], "-o", ms=3, label=key)
-    ax2.set_xlabel(ax1.get_xlabel())
-    ax2.set_ylabel("validation recall (video -> music)")
-    ax2.set_ylim(0, 1)
-    if ax2.lines:
-        ax2.legend()
+    plot_training_log(ax1, ax2, history)
+    ax1.set(xlabel="epoch", ylabel="training loss")
+    ax2.set(xlabel="epoch", ylabel="validation recall (video -> music)", ylim=(0, 1))
+    for ax in (ax1, ax2):
+        if ax.get_legend_handles_labels()[0]:
+            ax.legend(fontsize=8)
     fig.tight_layout()
     with atomic_path(path) as tmp:
         fig.savefig(tmp, format="png", dpi=90)
