@@ -74,11 +74,11 @@ def timed(fn):
 def throughput(clip, device, tokens=TOKENS, extra=()):
     """{token: pipeline and model-only seconds of video per second, and their ratio} on `clip`, each token's
     extractor built from extract.py's arguments (`extra`: more of them) and loaded once, outside the timing."""
-    from feature_extraction import extract
+    from feature_extraction import extract, pipeline
     from feature_extraction.decode import blas, run_pass
 
     modules = extract.feature_modules()
-    args = extract.build_parser(modules).parse_args(
+    args = pipeline.build_parser(modules).parse_args(
         ["--videos", str(clip), "--out", "unused", "--weights", "random", "--device", device, *extra])
     out = {}
     for token in tokens:

@@ -4,7 +4,7 @@ Frames sampled at 3 fps, resized to 320x240, grayscale, Farneback flow between c
 mean magnitude per sample (sample 0 repeats sample 1): the 3 Hz trajectory flow/<id>.npy. ruptures'
 Dynp with the "normal" cost cuts it into segments (Binseg beyond --dynp_max_seconds, since Dynp grows
 about cubically), boundaries in whole seconds; segments are ranked by mean flow, rank 1 = most motion.
-One flow/<id>.json per video; flow/ranks.csv is derived from them (rebuild_ranks_csv).
+One flow/<id>.json per video; flow/ranks.csv is derived from them (merge.rebuild_ranks_csv).
 
 Standalone: `python feature_extraction/flowProcessor.py --videos DIR --out OUT` runs extract.py's pass
 with only this feature and the flags below (other features: extract.py).
@@ -12,22 +12,18 @@ with only this feature and the flags below (other features: extract.py).
 import argparse
 import csv
 import io
-import json
 import re
 import sys
 import warnings
-from pathlib import Path
 
 import cv2
 import numpy as np
 
-from feature_extraction.atomic import write_text
 from feature_extraction.base import Extractor, InputError
 from feature_extraction.optical_flow import FARNEBACK, farneback, mean_magnitude
 
 RATE = 3  # samples per second
 SIZE = (320, 240)  # width, height
-RANKS_HEADER = ["vid", "ranks", "segments", "top_start", "top_end", "bottom_start", "bottom_end"]
 
 
 def segment_signal(signal, rate, n_bkps=7, min_seconds=10, jump_samples=3, dynp_max_seconds=600):
@@ -89,32 +85,6 @@ def feature_trajectory(features, smooth=10):
         return d
     padded = np.pad(d, (smooth // 2, smooth - 1 - smooth // 2), mode="edge")
     return np.convolve(padded, np.ones(smooth) / smooth, mode="valid")
-
-
-def ranks_row(result):
-    """One ranks.csv row (dict) from a flow/<id>.json result."""
-    seg, ranks = result["segments"], result["ranks"]
-    top, bottom = ranks.index(1), ranks.index(max(ranks))
-    return {"vid": result["vid"], "ranks": " ".join(map(str, ranks)), "segments": " ".join(map(str, seg)),
-            "top_start": seg[top], "top_end": seg[top + 1], "bottom_start": seg[bottom], "bottom_end": seg[bottom + 1]}
-
-
-def rebuild_ranks_csv(flow_dir):
-    """Write flow_dir/ranks.csv from every flow_dir/<id>.json, sorted by id, atomically. Returns its path."""
-    flow_dir = Path(flow_dir)
-    rows = []
-    for path in sorted(flow_dir.glob("*.json")):
-        if path.name == "_feature.json":  # the folder's settings; ids may start with "_" too
-            continue
-        rows.append(ranks_row(json.loads(path.read_text(encoding="utf-8"))))
-    rows.sort(key=lambda r: r["vid"])
-    buf = io.StringIO()
-    writer = csv.DictWriter(buf, fieldnames=RANKS_HEADER, lineterminator="\n")
-    writer.writeheader()
-    writer.writerows(rows)
-    out = flow_dir / "ranks.csv"
-    write_text(out, buf.getvalue())
-    return out
 
 
 def _ints(text):
@@ -247,7 +217,7 @@ def build_parser():
 
 
 def main(argv=None):
-    from feature_extraction import extract
+    from feature_extraction import pipeline
 
     args = build_parser().parse_args(argv)
     forwarded = [*(f"--videos={v}" for v in args.videos), f"--out={args.out}", "--features", "flow",
@@ -255,7 +225,7 @@ def main(argv=None):
                  f"--dynp_max_seconds={args.dynp_max_seconds}", f"--threads={args.threads}"]
     forwarded += ["--plot"] * args.plot + ["--overwrite"] * args.overwrite
     forwarded += [f"--max_seconds={args.max_seconds}"] if args.max_seconds else []
-    return extract.main(forwarded)
+    return pipeline.main(forwarded, {"flow": sys.modules[__name__]})
 
 
 if __name__ == "__main__":

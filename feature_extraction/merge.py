@@ -8,13 +8,17 @@ every run; after parallel jobs (e.g. a Slurm array) run it once more, since no j
 files in place.
 """
 import argparse
+import csv
+import io
 import json
 import sys
 from pathlib import Path
 
 import numpy as np
 
-from feature_extraction.atomic import write_json
+from feature_extraction.atomic import write_json, write_text
+
+RANKS_HEADER = ["vid", "ranks", "segments", "top_start", "top_end", "bottom_start", "bottom_end"]
 
 
 def array_shape(path):
@@ -45,13 +49,37 @@ def rebuild_manifest(out):
     return path
 
 
+def ranks_row(result):
+    """One ranks.csv row (dict) from a flow/<id>.json result."""
+    seg, ranks = result["segments"], result["ranks"]
+    top, bottom = ranks.index(1), ranks.index(max(ranks))
+    return {"vid": result["vid"], "ranks": " ".join(map(str, ranks)), "segments": " ".join(map(str, seg)),
+            "top_start": seg[top], "top_end": seg[top + 1], "bottom_start": seg[bottom], "bottom_end": seg[bottom + 1]}
+
+
+def rebuild_ranks_csv(flow_dir):
+    """Write flow_dir/ranks.csv from every flow_dir/<id>.json, sorted by id, atomically. Returns its path."""
+    flow_dir = Path(flow_dir)
+    rows = []
+    for path in sorted(flow_dir.glob("*.json")):
+        if path.name == "_feature.json":  # the folder's settings; ids may start with "_" too
+            continue
+        rows.append(ranks_row(json.loads(path.read_text(encoding="utf-8"))))
+    rows.sort(key=lambda r: r["vid"])
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=RANKS_HEADER, lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(rows)
+    out = flow_dir / "ranks.csv"
+    write_text(out, buf.getvalue())
+    return out
+
+
 def merge(out):
     """Rebuild OUT/manifest.json and, when OUT/flow exists, OUT/flow/ranks.csv."""
     out = Path(out)
     written = [rebuild_manifest(out)]
     if (out / "flow").is_dir():
-        from feature_extraction.flowProcessor import rebuild_ranks_csv
-
         written.append(rebuild_ranks_csv(out / "flow"))
     return written
 

@@ -14,7 +14,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from feature_extraction import extract
+from feature_extraction import extract, pipeline
 
 AUDIO_SUFFIXES = {".mp3", ".m4a", ".webm", ".wav", ".flac", ".ogg", ".opus", ".aac"}
 
@@ -24,10 +24,10 @@ def list_inputs(sources):
     paths = []
     for source in map(Path, sources):
         if source.is_dir():
-            suffixes = AUDIO_SUFFIXES | extract.VIDEO_SUFFIXES
+            suffixes = AUDIO_SUFFIXES | pipeline.VIDEO_SUFFIXES
             paths += sorted(p for p in source.iterdir() if p.suffix.lower() in suffixes and not p.name.startswith("."))
         else:
-            paths += extract.list_videos([source])
+            paths += pipeline.list_videos([source])
     return list(dict.fromkeys(paths))
 
 

@@ -92,6 +92,20 @@ RANDOM_WRITERS = {
     "wav2clip": ("feature_extraction.wav2clip", "write_random_checkpoint", {}),
 }
 
+# Extraction token -> the checkpoints (names in CHECKPOINTS) it loads, given extract.py's flags as read by
+# checkpoint_flags. The one place that says so: extract.py checks these before any model loads, slurm/submit.py
+# before submitting (compute nodes are often offline). Tokens without a network load none.
+TOKEN_CHECKPOINTS = {
+    "resnet": lambda flags: [f"resnet{flags.resnet}"],
+    "clip": lambda flags: ["clip_vit_b32"],
+    "vggish": lambda flags: ["vggish", "vggish_pca"] if flags.pca else ["vggish"],
+    "i3d": lambda flags: ((["i3d_rgb_imagenet", "i3d_flow_imagenet"] if flags.i3d_imagenet else ["i3d_rgb", "i3d_flow"])
+                          + (["raft_large"] if flags.flow_method == "raft" else [])),
+    "flow": lambda flags: [],
+    "avpeaks": lambda flags: [],
+    "wav2clip": lambda flags: ["wav2clip"],
+}
+
 CHUNK = 1 << 20
 RETRIES = 5  # consecutive cuts without new bytes before a download gives up
 
@@ -290,6 +304,25 @@ def provenance(name, weights="official", cache=None):
         stat = path.stat()
         sha = _checked_sha256(path, stat.st_size, stat.st_mtime_ns)
     return {"checkpoint": path.name, "sha256": sha, "weights": weights}
+
+
+def checkpoint_flags(argv):
+    """The flags among `argv` (extract.py's) that choose checkpoints, with the feature modules' defaults:
+    a Namespace with weights, resnet, pca, i3d_imagenet and flow_method, read without importing those modules
+    (and torch)."""
+    p = argparse.ArgumentParser(add_help=False)
+    p.add_argument("--weights", choices=["official", "random"], default="official")
+    p.add_argument("--resnet", type=int, default=101)
+    p.add_argument("--pca", action="store_true")
+    p.add_argument("--i3d_imagenet", action="store_true")
+    p.add_argument("--flow_method", default="raft")
+    return p.parse_known_args(argv)[0]
+
+
+def required_checkpoints(tokens, flags):
+    """Names of the checkpoints that these extraction tokens load with these flags (extract.py's parsed
+    arguments, or checkpoint_flags), in TOKEN_CHECKPOINTS' order."""
+    return [name for token, names in TOKEN_CHECKPOINTS.items() if token in tokens for name in names(flags)]
 
 
 def random_writer(name):

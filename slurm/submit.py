@@ -102,38 +102,17 @@ def parse_args(argv=None):
 
 
 def required_checkpoints(features, extract_args):
-    """(checkpoint names, 'official' or 'random') that extract.py would load for FEATURES and its flags.
-
-    Reads only the flags that choose a checkpoint (defaults as in the feature modules), so that
-    submitting does not import torch and every model module.
-    """
+    """(checkpoint names, 'official' or 'random') that extract.py would load for FEATURES and its flags
+    (weights.TOKEN_CHECKPOINTS), read without importing torch and every model module."""
     from feature_extraction.extract import TOKENS
+    from feature_extraction.weights import checkpoint_flags, required_checkpoints
 
-    p = argparse.ArgumentParser(add_help=False)
-    p.add_argument("--weights", choices=["official", "random"], default="official")
-    p.add_argument("--resnet", type=int, default=101)
-    p.add_argument("--pca", action="store_true")
-    p.add_argument("--i3d_imagenet", action="store_true")
-    p.add_argument("--flow_method", default="raft")
-    args, _ = p.parse_known_args(extract_args)
+    flags = checkpoint_flags(extract_args)
     tokens = list(TOKENS) if "all" in features else features
     unknown = [t for t in tokens if t not in TOKENS]
     if unknown:
         raise SystemExit(f"unknown FEATURES token(s) {' '.join(unknown)}; known: {' '.join(TOKENS)} all")
-    names = []
-    if "resnet" in tokens:
-        names.append(f"resnet{args.resnet}")
-    if "clip" in tokens:
-        names.append("clip_vit_b32")
-    if "vggish" in tokens:
-        names += ["vggish", "vggish_pca"] if args.pca else ["vggish"]
-    if "i3d" in tokens:
-        names += ["i3d_rgb_imagenet", "i3d_flow_imagenet"] if args.i3d_imagenet else ["i3d_rgb", "i3d_flow"]
-        if args.flow_method == "raft":
-            names.append("raft_large")
-    if "wav2clip" in tokens:
-        names.append("wav2clip")
-    return names, args.weights
+    return required_checkpoints(tokens, flags), flags.weights
 
 
 def check_weights(features, extract_args):
@@ -152,9 +131,9 @@ def check_weights(features, extract_args):
 
 def check_unique_ids(list_path):
     """Two inputs with the same stem in different tasks would silently share one output file."""
-    from feature_extraction import extract
+    from feature_extraction import pipeline
 
-    dups = extract.duplicate_stems(extract.list_videos([str(list_path)]))
+    dups = pipeline.duplicate_stems(pipeline.list_videos([str(list_path)]))
     if dups:
         raise SystemExit(f"{list_path}: inputs with the same id (file stem) would overwrite each other's features:\n"
                          + "\n".join(f"  {stem}: {', '.join(map(str, ps))}" for stem, ps in dups.items()))

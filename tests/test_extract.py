@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from feature_extraction import extract
+from feature_extraction import extract, pipeline
 from feature_extraction.base import Extractor
 from feature_extraction.make_sample import run_ffmpeg
 
@@ -186,7 +186,7 @@ def test_list_file_and_help_lists_every_flag(toy, make_clip, tmp_path, monkeypat
     monkeypatch.undo()
     modules = extract.feature_modules()
     assert {"resnet", "clip", "vggish", "i3d", "flow", "avpeaks"} <= set(modules)
-    text = extract.build_parser(modules).format_help()
+    text = pipeline.build_parser(modules).format_help()
     for module in modules.values():
         import argparse
 
@@ -261,3 +261,53 @@ def test_warnings_for_unequal_streams_and_restarting_timestamps(toy, make_clip, 
               for vid in ("spliced", "unequal")}
     assert shapes == {("toy", "spliced"): (4, 3), ("loud", "spliced"): (4, 1), ("toy", "unequal"): (2, 3),
                       ("loud", "unequal"): (4, 1)}
+
+
+def feature_extraction_imports():
+    """{module: the feature_extraction modules it imports}: every import statement, at module level or inside a
+    function (lazy), read with ast from feature_extraction/*.py."""
+    import ast
+
+    folder = REPO / "feature_extraction"
+    names = {p.stem for p in folder.glob("*.py")}
+    graph = {}
+    for path in sorted(folder.glob("*.py")):
+        imported = set()
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if isinstance(node, ast.ImportFrom) and node.module == "feature_extraction":
+                imported |= {alias.name for alias in node.names if alias.name in names}
+            elif isinstance(node, ast.ImportFrom) and (node.module or "").startswith("feature_extraction."):
+                imported.add(node.module.split(".")[1])
+            elif isinstance(node, ast.Import):
+                imported |= {a.name.split(".")[1] for a in node.names if a.name.startswith("feature_extraction.")}
+        graph[path.stem] = imported - {path.stem}
+    return graph
+
+
+def import_cycle(graph):
+    """One import circle of `graph` as [a, b, ..., a], or None."""
+    state = {}  # module -> "open" while on the current path, "done" once all it reaches is known circle-free
+
+    def visit(module, path):
+        state[module] = "open"
+        for other in sorted(graph.get(module, ())):
+            if state.get(other) == "open":
+                return path[path.index(other):] + [other]
+            if other not in state and (cycle := visit(other, path + [other])):
+                return cycle
+        state[module] = "done"
+        return None
+
+    return next((c for m in sorted(graph) if m not in state and (c := visit(m, [m]))), None)
+
+
+def test_import_cycle_finder():
+    assert import_cycle({"a": {"b"}, "b": {"c"}, "c": {"a"}}) == ["a", "b", "c", "a"]
+    assert import_cycle({"a": {"b", "c"}, "b": {"c"}, "c": set()}) is None
+
+
+def test_feature_extraction_has_no_import_circle():
+    graph = feature_extraction_imports()
+    assert {"merge", "weights"} <= graph["pipeline"]  # imported inside run(): the walk sees lazy imports
+    assert import_cycle(graph) is None
+    assert "extract" not in graph["flowProcessor"]  # it runs the pass (pipeline) with only its own module

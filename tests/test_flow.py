@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 import torch
 
-from feature_extraction import avpeaks, flowProcessor as fp, optical_flow
+from feature_extraction import avpeaks, flowProcessor as fp, merge, optical_flow
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -101,7 +101,7 @@ def test_ranks_csv_round_trip_exact_format(tmp_path):
     for vid, seg, ranks in (("b", [0, 10, 20, 31], [3, 1, 2]), ("a", [0, 12], [1])):
         (tmp_path / f"{vid}.json").write_text(json.dumps({"vid": vid, "segments": seg, "ranks": ranks}))
     (tmp_path / "_feature.json").write_text("{}")
-    path = fp.rebuild_ranks_csv(tmp_path)
+    path = merge.rebuild_ranks_csv(tmp_path)
     assert path.read_text() == (
         "vid,ranks,segments,top_start,top_end,bottom_start,bottom_end\n"
         "a,1,0 12,0,12,0,12\n"
@@ -214,9 +214,9 @@ def test_ids_starting_with_underscore_and_a_short_video_with_odd_segment_sizes(m
 
 
 def test_every_flag_in_help():
-    from feature_extraction import extract
+    from feature_extraction import extract, pipeline
 
-    text = extract.build_parser(extract.feature_modules()).format_help()
+    text = pipeline.build_parser(extract.feature_modules()).format_help()
     for flag in ("--i3d_fps", "--flow_method", "--raft_iters", "--i3d_concat", "--i3d_imagenet", "--fp16",
                  "--n_bkps", "--min_seconds", "--jump_samples", "--dynp_max_seconds", "--plot"):
         assert flag in text

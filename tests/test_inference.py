@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 import torch
 
-from feature_extraction import extract, inference
+from feature_extraction import extract, inference, pipeline
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -85,7 +85,7 @@ def test_autocast_precision_runs_and_stays_close_to_float32():
 
 
 def test_precision_flag(vmr_env, make_clip, tmp_path, capsys):
-    parser = extract.build_parser(extract.feature_modules())
+    parser = pipeline.build_parser(extract.feature_modules())
     assert parser.parse_args(["--videos", "v", "--out", "o"]).precision == "float32"
     assert "--precision {float32,float16,bfloat16}" in parser.format_help()
     with pytest.raises(SystemExit):

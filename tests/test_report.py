@@ -126,6 +126,54 @@ def test_bad_run_argument_is_a_usage_error(capsys):
     assert e.value.code == 2 and "expected NAME=DIR" in capsys.readouterr().err
 
 
+
+# VM-NET's train_log.csv with two learning rates: its epochs restart at 1 with lr_index 1 (vmnet/train.py)
+TWO_LR_LOG = """epoch,lr_index,train_loss,val_R@1,val_R@10,val_MedR,seconds,loss_xy,loss_yx,loss_x,loss_y,lr
+1,0,0.9,0.1,0.3,4,0.1,,,,,0.001
+2,0,0.7,0.2,0.4,3,0.1,,,,,0.001
+3,0,0.6,0.3,0.5,2,0.1,,,,,0.001
+1,1,0.95,0.05,0.2,5,0.1,,,,,0.0003
+2,1,0.85,0.15,0.35,4,0.1,,,,,0.0003
+3,1,0.8,0.25,0.45,3,0.1,,,,,0.0003
+"""
+
+
+def lines_of(ax):
+    return [(line.get_label(), list(line.get_xdata()), list(line.get_ydata())) for line in ax.get_lines()]
+
+
+def test_training_curves_draw_one_line_per_learning_rate(tmp_path):
+    write_run(tmp_path / "vm", "vmnet", [1, 2, 3], segments=False)
+    (tmp_path / "vm" / "train_log.csv").write_text(TWO_LR_LOG)
+    fig = report.training_curves([report.load_run("VM-NET", tmp_path / "vm")])
+    loss_ax, recall_ax = fig.axes
+    assert lines_of(loss_ax) == [("VM-NET lr 0.001", [1, 2, 3], [0.9, 0.7, 0.6]),
+                                 ("VM-NET lr 0.0003", [1, 2, 3], [0.95, 0.85, 0.8])]
+    assert [label for label, _, _ in lines_of(recall_ax)] == [
+        "VM-NET lr 0.001 val_R@1", "VM-NET lr 0.001 val_R@10", "VM-NET lr 0.0003 val_R@1", "VM-NET lr 0.0003 val_R@10"]
+    assert loss_ax.get_lines()[1].get_color() == recall_ax.get_lines()[2].get_color()
+    # a log without lr_index (the Transformer's) stays one line per run
+    write_run(tmp_path / "tr", "transformer", [1, 1, 2], segments=True)
+    fig = report.training_curves([report.load_run("Transformer", tmp_path / "tr")])
+    assert [(label, x) for label, x, _ in lines_of(fig.axes[0])] == [("Transformer", [1, 2, 3, 4])]
+
+
+def test_vmnet_train_log_png_draws_one_line_per_learning_rate(tmp_path, monkeypatch):
+    from matplotlib.figure import Figure
+
+    from vmr.training import plot_log
+
+    drawn, savefig = [], Figure.savefig
+    monkeypatch.setattr(Figure, "savefig", lambda fig, *a, **k: (drawn.append(fig), savefig(fig, *a, **k))[1])
+    history = [{"epoch": e, "lr_index": i, "train_loss": 1.0 - 0.1 * e - i / 20, "lr": lr, "val_R@1": "",
+                "val_R@10": 0.1 * e} for i, lr in enumerate((1e-3, 3e-4)) for e in (1, 2)]
+    plot_log(history, tmp_path / "train_log.png")
+    assert (tmp_path / "train_log.png").read_bytes()[:4] == b"\x89PNG"
+    loss_ax, recall_ax = drawn[0].axes
+    assert [(label, x) for label, x, _ in lines_of(loss_ax)] == [("lr 0.001", [1, 2]), ("lr 0.0003", [1, 2])]
+    assert [label for label, _, _ in lines_of(recall_ax)] == ["lr 0.001 val_R@10", "lr 0.0003 val_R@10"]
+
+
 @pytest.mark.browser
 def test_report_renders_in_headless_chromium(runs):
     chromium, chromedriver = shutil.which("chromium"), shutil.which("chromedriver")

@@ -299,6 +299,69 @@ def run(*args, ok=True):
     return proc
 
 
+def test_split_without_groups_is_the_permutations_first_ids():
+    from vmnet.prepare import split_ids
+
+    ids = [f"v{i:03d}" for i in range(57)]
+    for seed in range(5):
+        for fraction in (0.0, 0.1, 0.25, 0.5, 1.0):
+            n_test = int(round(fraction * len(ids)))
+            expected = sorted(ids[i] for i in np.random.default_rng(seed).permutation(len(ids))[:n_test])
+            train, test = split_ids(ids, fraction, seed)
+            assert test == expected and train == sorted(set(ids) - set(expected))
+            assert split_ids(ids, fraction, seed, groups={}) == (train, test)
+
+
+def test_split_keeps_each_group_on_one_side_near_the_fraction():
+    from vmnet.prepare import split_ids
+
+    ids = [f"v{i:03d}" for i in range(60)]
+    groups = {vid: f"g{i // 4}" for i, vid in enumerate(ids[:40])}  # ten groups of 4 ids, 20 ids alone
+    for seed in range(10):
+        for fraction in (0.1, 0.2, 0.3, 0.5):
+            train, test = split_ids(ids, fraction, seed, groups)
+            assert sorted(train + test) == ids and not set(train) & set(test)
+            sides = {}
+            for vid in ids[:40]:
+                sides.setdefault(groups[vid], set()).add(vid in test)
+            assert all(len(s) == 1 for s in sides.values())  # no group on both sides
+            assert len(test) == int(round(fraction * 60))  # the 20 lone ids fill what whole groups leave
+        assert split_ids(ids, 0.2, seed, groups) == split_ids(ids, 0.2, seed, groups)  # seeded
+    # only groups of 4: the closest size whole groups allow, above or below
+    assert len(split_ids(ids[:40], 0.1, 0, groups)[1]) == 4  # 4 of 40 asked: one group
+    assert len(split_ids(ids[:40], 0.125, 0, groups)[1]) == 4  # 5 asked: 4 is closer than 8
+    assert len(split_ids(ids[:40], 0.15, 0, groups)[1]) == 4  # 6 asked: 4 and 8 are as close; no overshoot
+    assert len(split_ids(ids[:40], 0.175, 0, groups)[1]) == 8  # 7 asked: 8 is closer than 4
+
+
+def test_prepare_groups_file_keeps_its_groups_on_one_side(tmp_path, capsys):
+    from vmnet import prepare
+
+    feats, ids = tmp_path / "features", [f"v{i:02d}" for i in range(20)]
+    rng = np.random.default_rng(0)
+    for folder in ("clip", "vggish"):
+        (feats / folder).mkdir(parents=True)
+        for vid in ids:
+            np.save(feats / folder / f"{vid}.npy", rng.normal(size=(3, 4)).astype(np.float32))
+    groups_csv = tmp_path / "tracks.csv"
+    groups_csv.write_text("ID,group\n" + "".join(f"{vid},track{i % 3}\n" for i, vid in enumerate(ids[:12])))
+    argv = ["--features", str(feats), "--out", str(tmp_path / "data"), "--test_fraction", "0.3"]
+    assert prepare.main([*argv, "--groups", str(groups_csv)]) == 0
+    test = set(data.read_ids(tmp_path / "data" / "test.csv"))
+    for k in range(3):  # ids 0, 3, 6, 9 share track0, ...
+        assert len({ids[i] in test for i in range(k, 12, 3)}) == 1
+    assert len(test) == 6 and "warning" not in capsys.readouterr().err
+    written = data.read_groups(tmp_path / "data" / "groups.csv")
+    assert written == {ids[i]: ids[i % 3] for i in range(12)}  # each group named by its smallest id
+    assert json.loads((tmp_path / "data" / "features.json").read_text())["groups"] == str(groups_csv)
+
+    assert prepare.main([*argv, "--groups", str(tmp_path / "nope.csv")]) == 1
+    assert f"{tmp_path / 'nope.csv'}: no such groups file" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        prepare.main(["--help"])
+    assert "--groups" in capsys.readouterr().out
+
+
 def test_cli_prepare_train_test_retrieve(tmp_path):
     feats = tmp_path / "features"
     rng = np.random.default_rng(0)
@@ -321,7 +384,9 @@ def test_cli_prepare_train_test_retrieve(tmp_path):
     train_ids, test_ids = data.read_ids(data_dir / "train.csv"), data.read_ids(data_dir / "test.csv")
     assert sorted(train_ids + test_ids) == ids and not set(train_ids) & set(test_ids)
     order = np.random.default_rng(0).permutation(30)
-    assert sorted(test_ids) == sorted(ids[i] for i in order[:9])
+    # the permutation's first 9 ids, but v28's duplicate v29 goes with it: a group is never on both sides
+    assert ids.index("v28") in order[:9] and ids.index("v29") not in order[:9]
+    assert sorted(test_ids) == sorted([ids[i] for i in order[:8]] + ["v29"])
     assert np.load(data_dir / "video" / "v00.npy").shape == (4, 11)  # fused row-wise over min T
     link = data_dir / "audio" / "v00.npy"
     assert link.is_symlink() and Path(os.readlink(link)).is_absolute()

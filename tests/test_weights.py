@@ -221,3 +221,35 @@ def closed_port():
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+def test_one_token_checkpoint_table_used_by_extract_and_submit(monkeypatch):
+    """weights.TOKEN_CHECKPOINTS is the only place naming which checkpoints a token loads: extract.py (through its
+    full parser) and slurm/submit.py (through checkpoint_flags, no model module imported) get the same names."""
+    from feature_extraction import extract, pipeline
+
+    monkeypatch.syspath_prepend(str(REPO / "slurm"))
+    import submit
+
+    assert list(weights.TOKEN_CHECKPOINTS) == list(extract.TOKENS)
+    parser = pipeline.build_parser(extract.feature_modules())
+    expected = {
+        (): ["resnet101", "clip_vit_b32", "vggish", "i3d_rgb", "i3d_flow", "raft_large", "wav2clip"],
+        ("--resnet", "50", "--pca"): ["resnet50", "clip_vit_b32", "vggish", "vggish_pca", "i3d_rgb", "i3d_flow",
+                                      "raft_large", "wav2clip"],
+        ("--i3d_imagenet", "--flow_method", "farneback", "--weights", "random"):
+            ["resnet101", "clip_vit_b32", "vggish", "i3d_rgb_imagenet", "i3d_flow_imagenet", "wav2clip"],
+    }
+    for flags, names in expected.items():
+        full = parser.parse_args(["--videos", "x.mp4", "--out", "o", "--features", "all", *flags])
+        assert weights.required_checkpoints(list(extract.TOKENS), full) == names
+        kind = "random" if "random" in flags else "official"
+        assert submit.required_checkpoints(["all"], list(flags)) == (names, kind)
+        light = weights.checkpoint_flags(list(flags))  # the feature modules' own defaults, read without them
+        assert all(getattr(light, k) == getattr(full, k) for k in vars(light))
+    assert submit.required_checkpoints(["flow", "avpeaks"], [])[0] == []
+    assert submit.required_checkpoints(["i3d", "resnet"], [])[0] == ["resnet101", "i3d_rgb", "i3d_flow", "raft_large"]
+    own_names = ["resnet{", *(name for name in CHECKPOINTS if name not in extract.TOKENS)]  # not also a token
+    for path in ("slurm/submit.py", "feature_extraction/extract.py", "feature_extraction/pipeline.py"):
+        text = (REPO / path).read_text(encoding="utf-8")
+        assert [name for name in own_names if f'"{name}' in text] == [], path

@@ -7,7 +7,8 @@ folders; `--video clip,resnet101` concatenates folders row-wise (rows [0, min T)
 files instead. ids = the sorted intersection of the folders. Writes DATA/train.csv and
 DATA/test.csv (header ID), DATA/features.json, a copy of each folder's _feature.json
 (DATA/video/_feature.json, DATA/audio/_feature.json), and DATA/groups.csv listing duplicate
-tracks (identical audio features, or the same URL under two ids with --status).
+tracks (identical audio features, the same URL under two ids with --status, and the groups of
+--groups FILE). The split keeps every group on one side (no track both trained on and tested).
 
 --split_format mmap also writes each split once as a memory-mappable split folder (vmr/splits.py):
 DATA/train/ and DATA/test/ with video.npy and audio.npy (the rows of all items concatenated, --dtype
@@ -28,7 +29,7 @@ from pathlib import Path
 import numpy as np
 
 from feature_extraction.atomic import atomic_path, save_npy, write_json, write_text
-from vmr.data import bad_id_reason, check_overlap, read_ids, write_ids
+from vmr.data import bad_id_reason, check_overlap, read_groups, read_ids, write_ids
 
 
 def feature_ids(folder):
@@ -53,28 +54,56 @@ def fuse(folders, vid):
     return np.concatenate([x[:t].astype(np.float32) for x in arrays], axis=1)
 
 
-def split_ids(ids, test_fraction, seed):
-    """Seeded split with numpy's default_rng permutation -> (train, test), both sorted."""
+def split_ids(ids, test_fraction, seed, groups=None):
+    """Seeded split with numpy's default_rng permutation -> (train, test), both sorted.
+
+    The test split takes the ids in the permutation's order, each with its whole group (`groups`:
+    {id: group}; an id not in it is alone), while it has room for round(test_fraction * len(ids)) ids;
+    then one more group if that brings its size closer to that number. Without groups this is the
+    permutation's first round(test_fraction * len(ids)) ids.
+    """
     if not 0.0 <= test_fraction <= 1.0:
         raise ValueError(f"--test_fraction must be in [0, 1], got {test_fraction}")
     n_test = int(round(test_fraction * len(ids)))
     order = np.random.default_rng(seed).permutation(len(ids))
-    test = {ids[i] for i in order[:n_test]}
-    return sorted(set(ids) - test), sorted(test)
+    groups = groups or {}
+    members = {}  # unit (a group, or an id alone) -> its ids, in the permutation's order of their first id
+    for i in order:
+        vid = ids[i]
+        members.setdefault(("group", groups[vid]) if vid in groups else ("id", vid), []).append(vid)
+    test, left = [], []
+    for unit in members.values():
+        if len(test) + len(unit) <= n_test:
+            test += unit
+        else:
+            left.append(unit)
+    gap = n_test - len(test)
+    smallest = min(left, key=len, default=[])
+    if gap and len(smallest) < 2 * gap:  # overshooting by len - gap is closer than falling short by gap
+        test += smallest
+    return sorted(set(ids) - set(test)), sorted(test)
 
 
-def duplicate_groups(audio_dir, ids, status_csv=None):
-    """{id: group} for ids whose audio features are identical or whose URL repeats (groups of >= 2)."""
-    buckets = {}
+def duplicate_groups(audio_dir, ids, status_csv=None, groups_csv=None):
+    """{id: group} for ids whose audio features are identical, whose URL repeats (status_csv) or that share a
+    group in groups_csv (columns ID,group); groups of >= 2 of `ids`, named by their smallest id."""
+    buckets, wanted = {}, set(ids)
     for vid in ids:
         x = np.load(Path(audio_dir) / f"{vid}.npy", allow_pickle=False)
         buckets.setdefault(("audio", hashlib.sha256(np.ascontiguousarray(x).tobytes()).hexdigest()), []).append(vid)
     if status_csv:
-        wanted = set(ids)
         with open(status_csv, newline="", encoding="utf-8") as f:
             for row in csv.DictReader(f):
                 if row.get("id") in wanted and row.get("url"):
                     buckets.setdefault(("url", row["url"].strip()), []).append(row["id"])
+    if groups_csv:
+        try:
+            listed = read_groups(groups_csv)
+        except KeyError as e:
+            raise ValueError(f"{groups_csv}: no column {e} (a groups file has the columns ID,group)") from None
+        for vid, group in listed.items():
+            if vid in wanted:
+                buckets.setdefault(("file", group), []).append(vid)
     # union of overlapping buckets: the group name is the smallest id
     parent = {}
 
@@ -112,6 +141,8 @@ def prepare(args):
     for folder in video_dirs + [audio_dir]:
         if not folder.is_dir():
             raise ValueError(f"{folder}: no such feature folder")
+    if args.groups and not Path(args.groups).is_file():
+        raise ValueError(f"{args.groups}: no such groups file")
     ids = set(feature_ids(audio_dir))
     for folder in video_dirs:
         ids &= feature_ids(folder)
@@ -142,19 +173,19 @@ def prepare(args):
     if not good:
         raise ValueError(f"no id is present in all of {', '.join(str(f) for f in video_dirs + [audio_dir])}")
 
+    groups = duplicate_groups(audio_dir, good, args.status, args.groups)
     if args.split_from:
         train = [v for v in read_ids(args.split_from[0]) if v in set(good)]
         test = [v for v in read_ids(args.split_from[1]) if v in set(good)]
         check_overlap(train, test)
         print(f"split from {args.split_from[0]} / {args.split_from[1]}: {len(train)} train, {len(test)} test of {len(good)} ids")
     else:
-        train, test = split_ids(good, args.test_fraction, args.seed)
+        train, test = split_ids(good, args.test_fraction, args.seed, groups)
     write_ids(out / "train.csv", train)
     write_ids(out / "test.csv", test)
     copy_provenance(video_dirs, out / "video" / "_feature.json")
     copy_provenance([audio_dir], out / "audio" / "_feature.json")
 
-    groups = duplicate_groups(audio_dir, good, args.status)
     write_text(out / "groups.csv", "ID,group\n" + "".join(f"{v},{g}\n" for v, g in sorted(groups.items())))
     n_groups = len(set(groups.values()))
     if groups:
@@ -175,6 +206,7 @@ def prepare(args):
         "video": "+".join(video_names), "audio": args.audio, "features_dir": str(features.resolve()), "seed": args.seed,
         "test_fraction": None if args.split_from else args.test_fraction,
         "split_from": [str(p) for p in args.split_from] if args.split_from else None,
+        "groups": str(args.groups) if args.groups else None,
         "n_train": len(train), "n_test": len(test), "duplicate_groups": n_groups,
         "split_format": args.split_format, "dtype": args.dtype if args.split_format == "mmap" else None,
     })
@@ -188,10 +220,16 @@ def main(argv=None):
     p.add_argument("--video", default="clip", help="video feature folder(s) in FEATURES; comma-separated folders are concatenated row-wise")
     p.add_argument("--audio", default="vggish", help="audio feature folder in FEATURES")
     p.add_argument("--out", default="data/vmnet", help="data folder to write")
-    p.add_argument("--test_fraction", type=float, default=0.1, help="fraction of ids in the test split; 1.0 = all-test (e.g. SymMV)")
+    p.add_argument("--test_fraction", type=float, default=0.1,
+                   help="fraction of ids in the test split; 1.0 = all-test (e.g. SymMV). The ids of a group (DATA/groups.csv: "
+                        "duplicate tracks, --status URLs, --groups) all go to one side, so the test split is as close to "
+                        "this fraction as whole groups allow (default 0.1)")
     p.add_argument("--seed", type=int, default=0, help="seed of numpy's default_rng permutation for the split")
     p.add_argument("--split_from", nargs=2, metavar=("TRAIN", "TEST"), help="reuse existing id lists instead of a new split")
-    p.add_argument("--status", help="downloader status.csv (columns id,url): ids with the same URL are reported as duplicates")
+    p.add_argument("--status", help="downloader status.csv (columns id,url): ids with the same URL are duplicates (one group)")
+    p.add_argument("--groups", help="CSV with columns ID,group (e.g. another data folder's groups.csv, or ids known to "
+                   "share a track): each group is kept on one side of the split and added to DATA/groups.csv (default: "
+                   "only the duplicates found here)")
     p.add_argument("--split_format", choices=("files", "mmap"), default="files",
                    help="files (default): DATA/video/<id>.npy and DATA/audio/<id>.npy only; mmap: also DATA/train/ and "
                         "DATA/test/ split folders, each split's rows in one memory-mappable array per kind (vmr/splits.py)")

@@ -222,27 +222,58 @@ def number(row, key):
         return None
 
 
+def lr_runs(rows):
+    """A training log's rows split into its learning-rate runs: [(label, rows)] in order.
+
+    VM-NET trains one model per --lr in turn and restarts its epochs for each (column lr_index), so its
+    runs drawn as one line would join into a zig-zag. Each run is labelled with the learning rate of its
+    first epoch ("lr 0.001"); a log without lr_index (the Transformer's) is one run, labelled None."""
+    runs = []
+    for row in rows:
+        index = row.get("lr_index")
+        if runs and str(index) == str(runs[-1][0]):
+            runs[-1][1].append(row)
+        else:
+            runs.append((index, [row]))
+    labelled = []
+    for index, part in runs:
+        lr = number(part[0], "lr")
+        labelled.append((None if index in (None, "") else f"lr {lr:g}" if lr is not None else f"lr_index {index}", part))
+    return labelled
+
+
+def plot_training_log(loss_ax, recall_ax, rows, name=None):
+    """A training log's loss (on loss_ax) and validation R@1 (solid) / R@10 (dashed, on recall_ax) per epoch:
+    one line per learning-rate run (lr_runs), labelled NAME and its learning rate. Also draws
+    vmnet/train.py's train_log.png."""
+    for lr_label, part in lr_runs(rows):
+        label = " ".join(filter(None, (name, lr_label))) or None
+        epochs = [number(r, "epoch") for r in part]
+        line = loss_ax.plot(epochs, [number(r, "train_loss") for r in part], marker=".", label=label)[0]
+        for key, style in (("val_R@1", "-"), ("val_R@10", "--")):
+            values = [number(r, key) for r in part]
+            if any(v is not None for v in values):
+                recall_ax.plot(epochs, values, style, marker=".", color=line.get_color(),
+                               label=" ".join(filter(None, (label, key))))
+
+
 def training_curves(runs):
-    """Training loss and validation R@1 / R@10 per epoch, one line per run; None without logs."""
+    """The figure of training loss and validation R@1 / R@10 per epoch, one line per run and learning rate;
+    None without logs."""
     logged = [run for run in runs if run["log"]]
     if not logged:
         return None
     fig = Figure(figsize=(10, 3.5))
     loss_ax, recall_ax = fig.subplots(1, 2)
     for run in logged:
-        epochs = [number(r, "epoch") for r in run["log"]]
-        line = loss_ax.plot(epochs, [number(r, "train_loss") for r in run["log"]], marker=".", label=run["name"])[0]
-        for key, style in (("val_R@1", "-"), ("val_R@10", "--")):
-            values = [number(r, key) for r in run["log"]]
-            if any(v is not None for v in values):
-                recall_ax.plot(epochs, values, style, marker=".", color=line.get_color(), label=f'{run["name"]} {key}')
+        plot_training_log(loss_ax, recall_ax, run["log"], run["name"])
     loss_ax.set(xlabel="epoch", ylabel="training loss", title="loss")
     recall_ax.set(xlabel="epoch", ylabel="recall", title="validation recall", ylim=(0, 1.02))
     for ax in (loss_ax, recall_ax):
         ax.grid(alpha=0.3)
         if ax.get_legend_handles_labels()[0]:
             ax.legend(fontsize=8)
-    return png_data_uri(fig)
+    return fig
 
 
 def find_video(videos_dir, vid):
@@ -370,7 +401,7 @@ def render(runs, videos_dir=None, n_queries=3, title="VMR results"):
         "<h2>Recall@K</h2>" + banner(runs),
         img(recall_curves(runs), "recall at K curves"),
         "<h2>Training</h2>",
-        img(train, "training curves") if train else "<p>No train_log.csv in these runs.</p>",
+        img(png_data_uri(train), "training curves") if train else "<p>No train_log.csv in these runs.</p>",
         "<h2>Example queries</h2>" + banner(runs),
         query_sections(runs, videos_dir, n_queries),
     ]

@@ -74,31 +74,19 @@ def write_log(save_dir, rows, columns, plot=True):
 
 
 def plot_log(history, path):
-    """Training loss and validation recall per epoch; one line per learning-rate run (VM-NET's lr_index)."""
+    """train_log.png: loss and validation recall per epoch, one line per learning rate (vmr.report.plot_training_log)."""
     from matplotlib.figure import Figure  # no pyplot: never touches the caller's backend (notebooks)
 
-    runs = {}
-    for row in history:
-        runs.setdefault(int(row.get("lr_index") or 0), []).append(row)
+    from vmr.report import plot_training_log
+
     fig = Figure(figsize=(9, 3.5))
     ax1, ax2 = fig.subplots(1, 2)
-    for index, rows in runs.items():
-        epochs = [int(row["epoch"]) for row in rows]
-        label = f"lr {float(rows[0]['lr']):.2g}" if len(runs) > 1 else None
-        ax1.plot(epochs, [float(row["train_loss"]) for row in rows], "-o", ms=3, label=label)
-        for key, style in (("val_R@1", "-o"), ("val_R@10", "-s")):
-            values = [np.nan if row.get(key, "") == "" else float(row[key]) for row in rows]
-            if not all(np.isnan(values)):
-                ax2.plot(epochs, values, style, ms=3, label=f"{key}" + (f" ({label})" if label else ""))
-    ax1.set_xlabel("epoch")
-    ax1.set_ylabel("training loss")
-    if len(runs) > 1:
-        ax1.legend()
-    ax2.set_xlabel("epoch")
-    ax2.set_ylabel("validation recall (video -> music)")
-    ax2.set_ylim(0, 1)
-    if ax2.lines:
-        ax2.legend(fontsize=7)
+    plot_training_log(ax1, ax2, history)
+    ax1.set(xlabel="epoch", ylabel="training loss")
+    ax2.set(xlabel="epoch", ylabel="validation recall (video -> music)", ylim=(0, 1))
+    for ax in (ax1, ax2):
+        if ax.get_legend_handles_labels()[0]:
+            ax.legend(fontsize=8)
     fig.tight_layout()
     with atomic_path(path) as tmp:
         fig.savefig(tmp, format="png", dpi=90)
