@@ -96,14 +96,14 @@ def throughput(clip, device, tokens=TOKENS, extra=()):
                     extractor.add_audio(chunk)
                 extractor.end(recorded.t_video, recorded.t_audio)
 
-        def pipeline():
+        def one_pass():
             result = run_pass(clip, [extractor])
             extractor.end(result.t_video, result.t_audio)
 
         model, whole = [], []
         for _ in range(2):  # alternated, best of two: the first model call pays one-off costs
             model.append(timed(model_only))
-            whole.append(timed(pipeline))
+            whole.append(timed(one_pass))
         (model_s, model_cpu), (pipeline_s, pipeline_cpu) = map(min, zip(*model)), map(min, zip(*whole))
         seconds = recorded.seconds_decoded
         out[token] = {

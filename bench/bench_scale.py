@@ -28,7 +28,6 @@ the 1.2 M segment vectors get IVF only).
 BENCH_SCALE_THREADS (default 2) torch/BLAS threads; BENCH_SCALE_DIR: where the temporary folder goes (default
 the system's; about 10 GB at 20,000 items). The temporary folder is removed at the end, on error and on Ctrl-C.
 """
-import csv
 import json
 import os
 import shutil

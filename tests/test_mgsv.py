@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from vmnet.data import read_ids
+from vmr.data import read_ids
 from vmr import mgsv
 
 REPO = Path(__file__).resolve().parents[1]

@@ -8,7 +8,7 @@ import torch
 from scipy.stats import binom
 
 from transformer import train
-from transformer.data import collate, cut_parts, encode_timeline, load_items, make_item, split_parts, training_ids
+from transformer.data import cut_parts, encode_timeline, load_items, make_item, split_parts, training_ids
 from transformer.losses import aligned_matrix, flow_triplet_losses, second_loss
 from transformer.model import SegmentEncoder, SegmentTransformer
 from transformer.scorer import TransformerScorer, load, score_items

@@ -57,7 +57,7 @@ from tqdm import tqdm
 from feature_extraction.atomic import save_npy, write_json, write_text
 from feature_extraction.cli import HelpFormatter
 from feature_extraction.weights import WeightsError, cache_dir, download, file_hashes
-from vmnet.data import bad_id_reason, read_ids, write_ids
+from vmr.data import bad_id_reason, read_ids, write_ids
 
 HF_BASE = "https://huggingface.co/datasets/xxayt/MGSV-EC/resolve/main"
 SPLITS = ("train", "val", "test")
