@@ -135,7 +135,8 @@ def library_tracks(scorer, library, extract_args, work_dir):
     check_provenance(scorer, "audio", [p.parent for p in npy], "index")
     if media:
         extract(media, [scorer.audio_feature], work_dir, extract_args)
-        check_provenance(scorer, "audio", [Path(work_dir) / scorer.audio_feature], "index")
+        if (Path(work_dir) / scorer.audio_feature).is_dir():
+            check_provenance(scorer, "audio", [Path(work_dir) / scorer.audio_feature], "index")
         for p in media:
             rows = Path(work_dir) / scorer.audio_feature / f"{p.stem}.npy"
             if rows.is_file():
@@ -223,8 +224,9 @@ def query_inputs(scorer, paths, extract_args=(), flow_ranks=None):
     if media:
         with tempfile.TemporaryDirectory(prefix="vmr_query_") as tmp:
             extract(media, scorer.video_features, tmp, list(extract_args), flow=scorer.flow_segments)
-            if len(scorer.video_features) == 1:  # fused folders (clip+resnet101) are checked against the fusion's record by prepare.py
-                check_provenance(scorer, "video", [Path(tmp) / scorer.video_features[0]], "query")
+            folder = Path(tmp) / scorer.video_features[0]
+            if len(scorer.video_features) == 1 and folder.is_dir():  # fused folders (clip+resnet101) are checked against the fusion's record by prepare.py
+                check_provenance(scorer, "video", [folder], "query")
             for p in media:
                 parts = [Path(tmp) / f / f"{p.stem}.npy" for f in scorer.video_features]
                 flow = Path(tmp) / "flow" / f"{p.stem}.json"
