@@ -109,7 +109,7 @@ def test_zeroshot_evaluation_and_retrieval_rank_alike(tmp_path, capsys):
         np.save(tmp_path / "clip" / f"{vid}.npy", video)
         np.save(tmp_path / "wav2clip" / f"{vid}.npy", music)
         np.save(tmp_path / "wav2clip_track" / f"{vid}.npy", music.mean(0, keepdims=True))
-    block = zeroshot_block(tmp_path / "clip", tmp_path / "wav2clip", ids, with_ranks=True)
+    block = zeroshot_block(tmp_path / "clip", tmp_path / "wav2clip", ids)
     assert retrieve.main(["--build_index", "--library", str(tmp_path / "wav2clip"), "--index", str(tmp_path / "z.npz")]) == 0
     retrieved = retrieve_json(retrieve.main, ["--index", str(tmp_path / "z.npz"), "--query",
                                               *[str(tmp_path / "clip" / f"{v}.npy") for v in ids], "--json", "--top_k", "8"], capsys)

@@ -11,9 +11,10 @@ from transformer import train
 from transformer.data import cut_parts, encode_timeline, load_items, make_item, split_parts, training_ids
 from transformer.losses import aligned_matrix, flow_triplet_losses, second_loss
 from transformer.model import SegmentEncoder, SegmentTransformer
-from transformer.scorer import TransformerScorer, load, score_items
+from transformer.scorer import TransformerScorer, load
+from vmr.data import paired_gallery
 from vmr.evaluation import evaluate
-from vmr.scorer import AlignedScoring, pack_sequences
+from vmr.scorer import AlignedScoring, pack_sequences, score_rows
 from vmr.baselines import tuned_aligned_linear
 from vmr.synthetic import Settings, generate, write_dataset
 
@@ -121,9 +122,10 @@ def test_linear_start_is_the_aligned_linear_baseline_and_smoothing_lifts_it(tmp_
     load = lambda ids: load_items(tmp_path, ids, tmp_path / "flow" / "ranks.csv")  # noqa: E731
     train_items, val_items = load([f"pair{i:05d}" for i in range(130)]), load([f"pair{i:05d}" for i in range(130, 160)])
     test_items = load([f"pair{i:05d}" for i in range(160, 260)])
-    start = train.linear_start(train_items, val_items, max_dims=64)
+    val = paired_gallery([it.video for it in val_items], [it.audio for it in val_items])
+    start = train.linear_start(train_items, val, max_dims=64)
     assert 1 <= start[0].shape[1] <= 64 and start[0].shape == (256, start[1].shape[1]) and start[1].shape[0] == 64
-    assert train.linear_start(train_items, val_items, max_dims=2)[0].shape[1] <= 2  # never more than the embedding holds
+    assert train.linear_start(train_items, val, max_dims=2)[0].shape[1] <= 2  # never more than the embedding holds
     baseline = tuned_aligned_linear(([it.video for it in train_items], [it.audio for it in train_items]),
                                     ([it.video for it in val_items], [it.audio for it in val_items]))
     expected = baseline.score([it.video for it in test_items], [it.audio for it in test_items])
@@ -134,7 +136,10 @@ def test_linear_start_is_the_aligned_linear_baseline_and_smoothing_lifts_it(tmp_
         model.set_input_stats(*train.input_stats(train_items))
         train.init_from_linear(model, *start[:4])
         assert (model.video.input.weight[start[0].shape[1]:] == 0).all() and (model.video.blocks[0].out.weight == 0).all()
-        scores = score_items(TransformerScorer(model, RECORD, "aligned", rerank=0), test_items)[1]
+        scorer = TransformerScorer(model, RECORD, "aligned", rerank=0)
+        parts = [[int(p[0]) for p in it.video_parts] + [int(it.video_parts[-1][1])] for it in test_items]
+        scores = score_rows(scorer, scorer.embed_queries([it.video for it in test_items], parts),
+                            scorer.embed_tracks([it.audio for it in test_items]))
         if smooth == 1:  # the same scores as the baseline, up to the final layer norm's centring
             assert np.corrcoef(scores.ravel(), expected.ravel())[0, 1] > 0.97
         r1[smooth] = np.mean(scores.argmax(1) == np.arange(len(scores)))

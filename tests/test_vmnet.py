@@ -274,7 +274,7 @@ def test_nan_loss_stops_and_keeps_last_good_checkpoint(tmp_path, capsys):
     assert torch.load(tmp_path / "run" / "last.pt", weights_only=True)["epoch"] == 1
     assert train.main(args[:-2] + ["--overwrite"]) == 1  # with validation, the exploded embeddings stop it after epoch 1
     err = capsys.readouterr().err
-    assert "VM-NET: video embeddings:" in err and "non-finite values" in err and "no checkpoint" in err
+    assert "VM-NET: music embeddings:" in err and "non-finite values" in err and "no checkpoint" in err
 
 
 def test_training_into_a_used_folder_needs_overwrite(tmp_path, capsys):
@@ -403,8 +403,9 @@ def test_cli_prepare_train_test_retrieve(tmp_path):
         data_dir / "test.csv", "--out", metrics_path, "--groups", data_dir / "groups.csv", "--fad_dir", feats / "vggish")
     m = json.loads(metrics_path.read_text())
     assert set(m) == {"model", "scorer", "checkpoint", "checkpoint_sha256", "features", "provenance", "test_csv", "seed", "gallery",
-                      "scoring", "gallery_items", "video_to_music", "music_to_video", "scorings", "batch1024", "baselines",
-                      "fad", "av_align"}
+                      "queries", "scoring", "gallery_items", "video_to_music", "music_to_video", "library", "scorings", "batch1024",
+                      "baselines", "fad", "av_align"}
+    assert 0 < m["library"]["mIoU"] <= 1 and m["library"]["MoR@1 IoU>0.7"] <= m["library"]["R@1"] and len(m["library"]["ious"]) == 9
     assert m["scorer"]["kind"] == "vmnet" and m["scoring"] == "pooled" and set(m["scorings"]) == {"pooled"}
     assert m["provenance"]["audio"] == {"model": "vggish"}
     assert m["features"] == {"video": "clip+resnet101", "audio": "vggish"} and m["gallery"] == 9
@@ -413,13 +414,14 @@ def test_cli_prepare_train_test_retrieve(tmp_path):
     assert set(m["batch1024"]["video_to_music"]) == keys and "batch-level" in m["batch1024"]["label"]
     assert set(m["baselines"]["chance"]) == keys
     for name in ("cca", "aligned_linear"):
-        assert set(m["baselines"][name]["video_to_music"]) == keys and m["baselines"][name]["chosen_on"].startswith("validation")
+        assert set(m["baselines"][name]["video_to_music"]) == keys | {"ranks"} and m["baselines"][name]["chosen_on"].startswith("validation")
         assert m["baselines"][name]["dims"] >= 1 and m["baselines"][name]["ridge"] > 0
     assert m["fad"]["top1"] >= 0 and m["fad"]["ground_truth"] == 0.0 and m["fad"]["chance"]["seeds"] == 5 and m["av_align"] is None
     assert all(0 <= m["video_to_music"][f"R@{k}"] <= 1 for k in (1, 5, 10))
     retrieval = json.loads((tmp_path / "eval" / "retrieval.json").read_text())
     assert retrieval["model"] == "VM-NET" and len(retrieval["queries"]) == 9
-    assert all(len(q["top"]) == 5 and q["gt"] == q["id"] for q in retrieval["queries"])
+    assert all(len(q["top"]) == 5 and q["gt"] == q["id"] and q["moment"] == [0, 4] for q in retrieval["queries"])
+    assert all(t["end"] - t["start"] == 4 and 0 <= t["start"] <= 2 for q in retrieval["queries"] for t in q["top"])  # 4 s of 6
     assert (tmp_path / "eval" / "metrics_recall.png").is_file()
 
     # retrieval: index the library's feature files and query with a video feature file in one call

@@ -174,25 +174,26 @@ def gallery(tmp_path):
 def test_zeroshot_metrics_rows_both_directions(gallery):
     root, ids = gallery
     data = root / "DATA"
-    metrics = zeroshot_block(data / "video", data / "audio", ids, with_ranks=True)  # whole-track vectors via the symlinks
-    assert set(metrics) == {"video_to_music", "music_to_video"}
+    metrics = zeroshot_block(data / "video", data / "audio", ids)  # whole-track vectors via the symlinks
+    assert set(metrics) == {"video_to_music", "music_to_video", "library"}
+    assert metrics["library"]["R@1"] == 1.0 and metrics["library"]["mIoU"] == 1.0  # the moment: the whole track
     reference = retrieval_metrics(np.ones((6, 512)), np.ones((6, 512)))
-    for direction in metrics:
+    for direction in ("video_to_music", "music_to_video"):
         assert set(metrics[direction]) == set(reference[direction])
         assert metrics[direction]["R@1"] == 1.0 and metrics[direction]["ranks"] == [1] * 6
-    assert zeroshot_block(data / "video", data / "audio", ids, music="rows", with_ranks=True)["video_to_music"]["R@1"] == 1.0
+    assert zeroshot_block(data / "video", data / "audio", ids, music="rows")["video_to_music"]["R@1"] == 1.0
 
     # id1 carries id0's music: a tie counts against the model, unless groups say the two are the same track
     for folder in ("wav2clip", "wav2clip_track"):
         np.save(root / "features" / folder / "id1.npy", np.load(root / "features" / folder / "id0.npy"))
-    tied = zeroshot_block(data / "video", data / "audio", ids, with_ranks=True)["video_to_music"]["ranks"]
-    grouped = zeroshot_block(data / "video", data / "audio", ids, groups=[0, 0, 1, 2, 3, 4], with_ranks=True)
+    tied = zeroshot_block(data / "video", data / "audio", ids)["video_to_music"]["ranks"]
+    grouped = zeroshot_block(data / "video", data / "audio", ids, groups=[0, 0, 1, 2, 3, 4])
     assert tied[0] == 2 and grouped["video_to_music"]["ranks"][0] == 1  # (video id1 no longer has its own music)
     assert tied[2:] == grouped["video_to_music"]["ranks"][2:] == [1] * 4
 
     (root / "features" / "wav2clip_track" / "id4.npy").unlink()
     with pytest.raises(ValueError, match=r"no whole-track embedding .*wav2clip_track/id4.npy"):
-        zeroshot_block(data / "video", data / "audio", ids, with_ranks=True)
+        zeroshot_block(data / "video", data / "audio", ids)
     with pytest.raises(ValueError, match=r"id9: .*No such file"):
         zeroshot_block(data / "video", data / "audio", ids[:4] + ["id9"], music="rows")
 

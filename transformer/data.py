@@ -1,7 +1,7 @@
 """Items for the segment Transformer: per-second rows of a video and its music, each with its own segments.
 
 An item's rows are [0, T) with T = min(T_video, T_audio) (read by vmr.data.load_pair, so both models
-see the same rows); the seconds after the last flow boundary belong to the last segment. Video parts come from its optical-flow
+see the same rows; with DATA/moments.csv the music rows are the video's moment of its track); the seconds after the last flow boundary belong to the last segment. Video parts come from its optical-flow
 segments (flowProcessor's ranks.csv, or with `--segments_from features` from the video features' own
 change points). Music parts come from the music alone (vmr.segments.music_segments), never from the
 paired video: a gallery track is cut exactly as a library track without video would be. Segments longer
@@ -15,7 +15,7 @@ import torch
 from tqdm import tqdm
 
 from feature_extraction.flowProcessor import feature_trajectory, rank_segments, read_ranks_csv
-from vmr.data import bad_id_reason, check_overlap, load_pair, read_ids
+from vmr.data import bad_id_reason, check_overlap, load_pair, read_ids, read_moments
 from vmr.splits import LazyRows, Split, is_split
 from vmr.segments import MIN_SECONDS, N_BKPS, change_points, music_segments
 
@@ -122,7 +122,7 @@ def load_items(data_dir, ids, flow_ranks=None, segments_from="ranks", max_seq_le
     split = Split(data_dir) if is_split(data_dir) else None
     if split is not None and dims is not None and tuple(split.dims) != tuple(dims):
         raise ValueError(f"{data_dir}: video/audio widths {split.dims[0]}/{split.dims[1]}, expected {dims[0]}/{dims[1]}")
-    items = []
+    items, moments = [], ({} if split is not None else read_moments(data_dir))
     for vid in tqdm(ids, desc=f"loading {data_dir}", unit="id", leave=False):
         if bad_id_reason(vid):
             print(f"{vid}: {bad_id_reason(vid)}", file=sys.stderr)
@@ -136,7 +136,7 @@ def load_items(data_dir, ids, flow_ranks=None, segments_from="ranks", max_seq_le
                 continue
             video, audio = (split.rows(kind, split.index[vid], max_seconds) for kind in ("video", "audio"))
         else:
-            pair = load_pair(data_dir, vid, max_seconds=max_seconds, dims=dims)  # prints `id: reason` when bad
+            pair = load_pair(data_dir, vid, max_seconds, dims, moments.get(vid))  # prints `id: reason` when bad
             if pair is None:
                 continue
             video, audio = pair

@@ -13,11 +13,11 @@ rank alike.
 import numpy as np
 import torch
 
-from transformer.data import covering, cut_parts, encode_timeline, item_rows, split_parts, video_segments
+from transformer.data import covering, cut_parts, encode_timeline, split_parts, video_segments
 from transformer.model import SegmentTransformer
 from vmr.metrics import normalize_rows
 from vmr.runs import sha256_file
-from vmr.scorer import AlignedScoring, Scorer, pack_sequences, pooled_vectors, read_checkpoint, score_rows
+from vmr.scorer import AlignedScoring, Scorer, pack_sequences, pooled_vectors, read_checkpoint
 from vmr.search import search
 from vmr.segments import music_segments
 
@@ -95,15 +95,6 @@ class TransformerScorer(AlignedScoring, Scorer):
         return [{"start": int(s), "end": int(e), "track": ids[library["seg_track"][j]], "track_start": int(library["seg_start"][j]),
                  "track_end": int(library["seg_end"][j]), "score": float(score)}
                 for (s, e), j, score in zip(parts, best[:, 0], scores[:, 0]) if j >= 0]
-
-
-def score_items(scorer, items):
-    """(pooled (n, n), the scorer's (n, n)) score matrices of items' videos (at their flow segments) against their
-    own tracks, every track rescored: validation ranks this way."""
-    boundaries = [[int(p[0]) for p in it.video_parts] + [int(it.video_parts[-1][1])] for it in items]
-    queries = scorer.embed_queries(item_rows(items, "video"), boundaries)
-    library = scorer.embed_tracks(item_rows(items, "audio"))
-    return queries["pooled"] @ library["pooled"].T, score_rows(scorer, queries, library)
 
 
 def load(path, scoring=None, rerank=None):

@@ -22,10 +22,11 @@ from tqdm import tqdm
 from transformer.data import collate, encode_timeline, item_rows, load_items, training_ids
 from transformer.losses import aligned_matrix, flow_triplet_losses, pairing_loss, pooled, second_loss
 from transformer.model import SegmentTransformer
-from transformer.scorer import RERANK, TransformerScorer, score_items
-from vmr.data import check_dims, data_groups, feature_names
-from vmr.metrics import score_metrics, selection_key
+from transformer.scorer import RERANK, TransformerScorer
+from vmr.data import check_dims, data_groups, feature_names, load_gallery
+from vmr.metrics import selection_key
 from vmr.runs import check_resume_flags, feature_provenance, prepare_run_dir
+from vmr.scorer import gallery_recall
 from vmr.training import param_groups, plain_args, save_checkpoint, split_validation, write_log
 
 LOG_COLUMNS = ["epoch", "train_loss", "val_scoring", "val_R@1", "val_R@10", "val_MedR", "val_pooled_R@1", "val_aligned_R@1",
@@ -121,15 +122,14 @@ def input_stats(items):
     return out
 
 
-def linear_start(train_items, val_items, max_dims, ridge=1e-2):
+def linear_start(train_items, val, max_dims, ridge=1e-2):
     """(video directions (Dv, d), audio directions (Da, d), video mean, audio mean, ridge) of the tuned time-aligned
-    linear baseline (per-second CCA, ridge and d <= max_dims chosen on the validation items, as every evaluation
-    tunes it); without validation items, ridge `ridge` and the first max_dims directions."""
+    linear baseline (per-second CCA, ridge and d <= max_dims chosen on the validation Gallery, as every evaluation
+    tunes it); without validation, ridge `ridge` and the first max_dims directions."""
     from vmr.baselines import ALIGNED_DIMS, CCA, tuned_aligned_linear
 
     train = (item_rows(train_items, "video"), item_rows(train_items, "audio"))
-    if val_items:
-        val = (item_rows(val_items, "video"), item_rows(val_items, "audio"))
+    if val is not None:
         baseline = tuned_aligned_linear(train, val, dims=[d for d in ALIGNED_DIMS if d <= max_dims] or [max_dims])
         cca, dims, ridge = baseline.model, baseline.dims, baseline.ridge
     else:
@@ -224,12 +224,12 @@ def train_epoch(model, items, optimizer, schedule, args, generator, device, epoc
     return {key: value / max(steps, 1) for key, value in sums.items()}
 
 
-def validate(model, record, items):
-    """Whole validation gallery ranked by the Transformer's scorer (as test.py and retrieve.py rank), every track
-    rescored: video -> music blocks of both scorings."""
-    pooled, aligned = score_items(TransformerScorer(model, record, "aligned", rerank=0), items)
-    return {"pooled": score_metrics(pooled, with_ranks=False)["video_to_music"],
-            "aligned": score_metrics(aligned, with_ranks=False)["video_to_music"]}
+def validate(model, record, val, boundaries):
+    """The validation Gallery (whole videos at their flow segments, the library of their whole tracks) ranked by
+    the Transformer's scorer as test.py and retrieve.py rank, every track rescored: video -> music blocks of
+    both scorings."""
+    aligned, pooled = gallery_recall(TransformerScorer(model, record, "aligned", rerank=0), val, boundaries)
+    return {"pooled": pooled, "aligned": aligned}
 
 
 def head_scoring(scoring, val):
@@ -255,6 +255,8 @@ def run(args):
     train_items = load_items(args.train_data_dir, train_ids, **load)
     dims = (train_items[0].video.shape[1], train_items[0].audio.shape[1])
     val_items = load_items(args.train_data_dir, val_ids, **load, dims=dims) if val_ids else []
+    val = load_gallery(args.train_data_dir, [it.id for it in val_items], dims, "validation features") if val_items else None
+    val_boundaries = [[int(p[0]) for p in it.video_parts] + [int(it.video_parts[-1][1])] for it in val_items]
     if args.test_csv_path:  # a test set of another width fails now, not after training
         check_dims(args.test_data_dir or args.train_data_dir, training_ids(args.test_csv_path), dims)
     if len(train_items) < 2:
@@ -267,7 +269,7 @@ def run(args):
                                args.max_seq_len, args.smooth).to(device)
     model.set_input_stats(*input_stats(train_items))
     if args.init == "linear":
-        start = linear_start(train_items, val_items, args.embed_dim)
+        start = linear_start(train_items, val, args.embed_dim)
         print(f"starting at the time-aligned linear model: ridge {start[4]:g}, {start[0].shape[1]} directions", file=sys.stderr)
         init_from_linear(model, *start[:4])
     optimizer = torch.optim.AdamW(param_groups(model, args.weight_decay), lr=args.lr)
@@ -306,11 +308,11 @@ def run(args):
                "val_scoring": "", "val_R@1": "", "val_R@10": "", "val_MedR": "", "val_pooled_R@1": "", "val_aligned_R@1": ""}
         improved = True
         if val_items:
-            val = validate(model, record, val_items)
-            scoring = head_scoring(args.scoring, val)
-            head = val[scoring]
+            scores = validate(model, record, val, val_boundaries)
+            scoring = head_scoring(args.scoring, scores)
+            head = scores[scoring]
             row.update({"val_scoring": scoring, "val_R@1": head["R@1"], "val_R@10": head["R@10"], "val_MedR": head["MedR"],
-                        "val_pooled_R@1": val["pooled"]["R@1"], "val_aligned_R@1": val["aligned"]["R@1"]})
+                        "val_pooled_R@1": scores["pooled"]["R@1"], "val_aligned_R@1": scores["aligned"]["R@1"]})
             improved = best is None or "key" not in best or list(selection_key(head)) > best["key"]
             if improved:
                 best = {"epoch": epoch, "key": list(selection_key(head)), "R@1": head["R@1"], "R@10": head["R@10"],

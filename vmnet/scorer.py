@@ -1,11 +1,13 @@
 """VM-NET's scorer (vmr.scorer): a video and a whole track are each mean-pooled over their seconds, embedded by
-their branch, and ranked by cosine. Validation, vmnet/test.py and vmnet/retrieve.py all rank through it."""
+their branch, and ranked by cosine; the moment is the window of the video's length whose embedding is closest to
+the video's. Validation, vmnet/test.py and vmnet/retrieve.py all rank through it."""
 import numpy as np
 
 from vmnet.model import embed_rows, model_from_checkpoint
 from vmr.metrics import check_finite
 from vmr.runs import sha256_file
-from vmr.scorer import Scorer, read_checkpoint
+from vmr.moments import window_means
+from vmr.scorer import Scorer, pack_sequences, read_checkpoint, track_sequence
 
 
 class VMNetScorer(Scorer):
@@ -25,9 +27,14 @@ class VMNetScorer(Scorer):
         return np.stack([self.cut(r).mean(0) for r in rows])
 
     def embed_tracks(self, rows, paths=None):
+        """Pooled track embeddings, and the tracks' rows (float16) for the moment: the window of the video's length
+        whose embedding is closest to the video's."""
         self.model.eval()
         return {"pooled": check_finite(embed_rows(self.model.embed_music, self._pooled(rows), device=self.device),
-                                       "VM-NET: music embeddings")}
+                                       "VM-NET: music embeddings"), **pack_sequences([self.cut(r) for r in rows], "rows")}
+
+    def window_vectors(self, library, j, length):
+        return embed_rows(self.model.embed_music, window_means(track_sequence(library, j, "rows"), length), device=self.device)
 
     def embed_queries(self, rows, boundaries=None):
         self.model.eval()

@@ -32,9 +32,9 @@ from vmnet.model import VMNet, init_from_cca
 from vmnet.scorer import VMNetScorer
 from vmr.baselines import CCA, tuned_cca
 from vmr.data import check_dims, check_overlap, data_groups, feature_names, load_gallery, load_sequences, read_ids
-from vmr.metrics import score_metrics, selection_key
+from vmr.metrics import selection_key
 from vmr.runs import check_resume_flags, feature_provenance, prepare_run_dir
-from vmr.scorer import score_rows
+from vmr.scorer import gallery_recall
 from vmr.training import param_groups, plain_args, save_checkpoint, split_validation, write_log
 
 PRESETS = {
@@ -102,10 +102,10 @@ def parse_args(argv=None):
     return args
 
 
-def validation_scores(scorer, val_video, val_audio):
-    """Whole-gallery video->music metrics of the validation ids, ranked by VM-NET's scorer (as test and retrieval)."""
-    queries, library = scorer.embed_queries(val_video), scorer.embed_tracks(val_audio)
-    return score_metrics(score_rows(scorer, queries, library), with_ranks=False)["video_to_music"]
+def validation_scores(scorer, val):
+    """Whole-gallery video->music metrics of the validation ids (a vmr.data.Gallery of whole tracks), ranked by
+    VM-NET's scorer as test.py and retrieve.py rank."""
+    return gallery_recall(scorer, val)[0]
 
 
 def stop_non_finite(save_dir, last, history, what):
@@ -145,7 +145,7 @@ def linear_start(args, train, val, max_dims=512):
     validation ids, ridge 1e-2 and all directions. None with --init random."""
     if args.init != "cca":
         return None
-    if not val[0]:
+    if val is None:
         cca, dims, ridge = CCA(*train, 1e-2), max_dims, 1e-2
     else:
         baseline = tuned_cca(train, val)
@@ -171,8 +171,9 @@ def train(args):
     if len(train_ids) < 2:
         raise ValueError(f"{args.train_csv_path}: need at least 2 training ids, got {len(train_ids)}")
     dims = (train_v[0].shape[1], train_a[0].shape[1])
-    # validation items are read whole (videos and tracks), as test.py and retrieve.py read them
-    val_ids, val_v, val_a = load_gallery(args.train_data_dir, val_ids, dims, "validation features") if val_ids else ([], [], [])
+    # validation items are read whole (videos and their library of tracks), as test.py and retrieve.py read them
+    val = load_gallery(args.train_data_dir, val_ids, dims, "validation features") if val_ids else None
+    val_ids = val.ids if val else []
     if args.test_csv_path:  # a test set of another width fails now, not after training
         check_dims(args.test_data_dir, read_ids(args.test_csv_path), dims)
     pool = lambda rows: np.stack([r.mean(0) for r in rows]) if rows else None  # noqa: E731
@@ -195,7 +196,7 @@ def train(args):
 
     from tqdm import tqdm
 
-    start = linear_start(args, (video_pool, audio_pool), (val_v, val_a), min(512, args.embed_dim))
+    start = linear_start(args, (video_pool, audio_pool), val, min(512, args.embed_dim))
     for lr_index in range(lr_index, len(args.lr)):
         lr0 = args.lr[lr_index]
         torch.manual_seed(args.seed)
@@ -242,25 +243,25 @@ def train(args):
                 optimizer.step()
                 step += 1
                 sums["total"] += loss.item()
-                for k, val in parts.items():
-                    sums[k] += val.item()
+                for k, value in parts.items():
+                    sums[k] += value.item()
             row = {"epoch": epoch + 1, "lr_index": lr_index, "train_loss": sums["total"] / n_batches, "lr": lr,
                    **{f"loss_{k}": sums[k] / n_batches for k in ("xy", "yx", "x", "y")},
                    "val_R@1": "", "val_R@10": "", "val_MedR": ""}
             improved_run = improved = True
             if val_ids:
                 try:
-                    val = validation_scores(scorer, val_v, val_a)
+                    scores = validation_scores(scorer, val)
                 except ValueError as error:
                     raise stop_non_finite(save_dir, last, history, f"{error} after epoch {epoch + 1}") from None
-                row.update({"val_R@1": val["R@1"], "val_R@10": val["R@10"], "val_MedR": val["MedR"]})
-                key = list(selection_key(val))
+                row.update({"val_R@1": scores["R@1"], "val_R@10": scores["R@10"], "val_MedR": scores["MedR"]})
+                key = list(selection_key(scores))
                 improved_run = run_best is None or key > run_best["key"]
                 improved = best is None or key > best["key"]
                 if improved_run:
                     run_best = {"epoch": epoch + 1, "key": key}
                 if improved:
-                    best = {"epoch": epoch + 1, "lr": lr0, "key": key, "R@1": val["R@1"], "R@10": val["R@10"]}
+                    best = {"epoch": epoch + 1, "lr": lr0, "key": key, "R@1": scores["R@1"], "R@10": scores["R@10"]}
             else:
                 best = {"epoch": epoch + 1, "lr": lr0}
             row["seconds"] = round(time.time() - t0, 3)

@@ -11,8 +11,10 @@ import sys
 
 import numpy as np
 
-from vmr.metrics import normalize_rows, score_metrics, selection_key
-from vmr.scorer import AlignedScoring, Scorer, pack_sequences, pooled_vectors, score_rows
+from vmr.data import Gallery, paired_gallery
+from vmr.metrics import normalize_rows, selection_key
+from vmr.moments import window_means
+from vmr.scorer import AlignedScoring, Scorer, gallery_recall, pack_sequences, pooled_vectors, score_rows, track_sequence
 
 RIDGES = (1e-4, 1e-3, 1e-2, 1e-1, 1.0)
 DIMS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512)
@@ -103,7 +105,9 @@ def _tune(fit, score_val, ridges, dims, n_val, what):
 
 
 def _val_metrics(baseline, val):
-    return score_metrics(baseline.score(*val), with_ranks=False)
+    """{"video_to_music": block} of a baseline on validation: a vmr.data.Gallery, or (videos, tracks) pairs."""
+    val = val if isinstance(val, Gallery) else paired_gallery(*val)
+    return {"video_to_music": gallery_recall(BaselineScorer(baseline), val)[0]}
 
 
 def tuned_cca(train, val, ridges=RIDGES, dims=DIMS):
@@ -112,7 +116,7 @@ def tuned_cca(train, val, ridges=RIDGES, dims=DIMS):
     stats = moments(train[0], train[1])
     ridge, d, model, val_block = _tune(lambda r: CCA(None, None, r, stats),
                                        lambda m, d: _val_metrics(Baseline("cca", m, None, d, None, False), val),
-                                       ridges, dims, len(val[0]), "tuned CCA")
+                                       ridges, dims, _count(val), "tuned CCA")
     return Baseline("cca", model, ridge, d, val_block, aligned=False)
 
 
@@ -123,7 +127,7 @@ def tuned_aligned_linear(train, val, ridges=RIDGES, dims=ALIGNED_DIMS):
     stats = moments(train[0], train[1])
     ridge, d, model, val_block = _tune(lambda r: CCA(None, None, r, stats),
                                        lambda m, d: _val_metrics(Baseline("aligned_linear", m, None, d, None, True), val),
-                                       ridges, dims, len(val[0]), "aligned linear")
+                                       ridges, dims, _count(val), "aligned linear")
     return Baseline("aligned_linear", model, ridge, d, val_block, aligned=True)
 
 
@@ -157,13 +161,27 @@ class BaselineScorer(AlignedScoring, Scorer):
         also be an (n, D) array of mean rows)."""
         if self.baseline.aligned:
             return [normalize_rows(project(r, self.baseline.dims)) for r in rows]
-        pooled = rows if isinstance(rows, np.ndarray) and rows.ndim == 2 else np.stack([np.asarray(r, np.float32).mean(0) for r in rows])
-        return normalize_rows(project(pooled, self.baseline.dims))
+        return normalize_rows(project(np.stack([np.asarray(r, np.float32).mean(0) for r in _items(rows)]), self.baseline.dims))
 
     def embed_tracks(self, rows, paths=None):
         out = self._project(rows, self.baseline.model.project_audio)
-        return {"pooled": pooled_vectors(out), **pack_sequences(out)} if self.baseline.aligned else {"pooled": out}
+        if self.baseline.aligned:
+            return {"pooled": pooled_vectors(out), **pack_sequences(out)}
+        return {"pooled": out, **pack_sequences([np.asarray(r, np.float32) for r in _items(rows)], "rows")}
+
+    def window_vectors(self, library, j, length):
+        """Pooled CCA: the projection of the mean rows of every window of `length` seconds."""
+        return self.baseline.model.project_audio(window_means(track_sequence(library, j, "rows"), length), self.baseline.dims)
 
     def embed_queries(self, rows, boundaries=None):
         out = self._project(rows, self.baseline.model.project_video)
         return {"pooled": pooled_vectors(out), "seq": out} if self.baseline.aligned else {"pooled": out}
+
+
+def _count(val):
+    return len(val.videos) if isinstance(val, Gallery) else len(val[0])
+
+
+def _items(rows):
+    """Per-item rows: an (n, D) array of mean rows is n one-second items."""
+    return rows[:, None] if isinstance(rows, np.ndarray) and rows.ndim == 2 else rows

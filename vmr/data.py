@@ -10,6 +10,7 @@ that is not a plain file name) is reported as `id: reason` on stderr and skipped
 import csv
 import json
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -60,19 +61,46 @@ def _load_rows(path, dim):
     return x, None
 
 
-def load_pair(data_dir, vid, max_seconds=None, dims=None):
-    """(video (T, Dv), audio (T, Da)) float32 for rows [0, min(Tv, Ta[, max_seconds])).
+def read_moments(data_dir):
+    """{id: (start, end, track)} from DATA/moments.csv (header ID,start,end[,track]: the seconds of its track the
+    video shows, and the track, DATA/audio/<track>.npy; track defaults to the id), or {} without the file.
+    Seconds may have decimals (MGSV-EC's); rows are aligned from round(start)."""
+    path = Path(data_dir) / "moments.csv"
+    if not path.is_file():
+        return {}
+    out = {}
+    with open(path, newline="", encoding="utf-8") as f:
+        for line, row in enumerate(csv.DictReader(f), 2):
+            try:
+                start, end = float(row["start"]), float(row["end"])
+            except (KeyError, TypeError, ValueError):
+                raise ValueError(f"{path}:{line}: expected columns ID,start,end[,track] with numbers, got {row}") from None
+            if not 0 <= start < end:
+                raise ValueError(f"{path}:{line}: moment [{start}, {end}) is empty or negative")
+            out[row["ID"]] = (start, end, (row.get("track") or "").strip() or row["ID"])
+    return out
+
+
+def load_pair(data_dir, vid, max_seconds=None, dims=None, moment=None):
+    """(video (T, Dv), audio (T, Da)) float32, paired second by second: rows [0, min(Tv, Ta[, max_seconds])) of
+    DATA/video/<id>.npy and DATA/audio/<id>.npy, or with a moment (start, end, track) (read_moments) the
+    video's rows against the track's rows from round(start) on, as long as both last.
 
     dims = (Dv, Da) to enforce. A bad row prints `vid: reason` to stderr and returns None.
     """
-    reason = bad_id_reason(vid)
+    reason = bad_id_reason(vid) or (bad_id_reason(moment[2]) if moment else None)
     arrays = []
     if reason is None:
-        for kind, dim in zip(("video", "audio"), dims or (None, None)):
-            x, reason = _load_rows(Path(data_dir) / kind / f"{vid}.npy", dim)
+        for kind, name, dim in zip(("video", "audio"), (vid, moment[2] if moment else vid), dims or (None, None)):
+            x, reason = _load_rows(Path(data_dir) / kind / f"{name}.npy", dim)
             if reason:
                 break
             arrays.append(x)
+    if reason is None and moment:
+        start = int(round(moment[0]))
+        if start >= len(arrays[1]):
+            reason = f"moment starts at {start} s, after the end of track {moment[2]} ({len(arrays[1])} s)"
+        arrays[1] = arrays[1][start:start + max(1, int(round(moment[1])) - start)]
     if reason:
         from tqdm import tqdm
 
@@ -110,8 +138,9 @@ def load_sequences(data_dir, ids, max_seconds=None, dims=None, desc="loading"):
             print(f"{data_dir}: {len(ids) - len(kept)} of {len(ids)} ids skipped", file=sys.stderr)
         return kept, video, audio
     kept, video, audio = [], [], []
+    moments = read_moments(data_dir)
     for vid in tqdm(ids, desc=desc, unit="id", leave=False):
-        pair = load_pair(data_dir, vid, max_seconds, dims)
+        pair = load_pair(data_dir, vid, max_seconds, dims, moments.get(vid))
         if pair is None:
             continue
         dims = dims or (pair[0].shape[1], pair[1].shape[1])
@@ -172,37 +201,64 @@ def check_dims(data_dir, ids, dims):
         return
 
 
+@dataclass
+class Gallery:
+    """A test split as evaluation reads it: its query videos, and its library of unique whole tracks."""
+    ids: list  # query video ids
+    videos: list  # whole video rows of each query
+    tracks: list  # the library: unique track ids, sorted (retrieve.py's library order)
+    track_rows: object  # whole rows of each track: a list, or a split folder's lazy rows
+    gt: np.ndarray  # (n,) index into tracks of each query's track
+    moments: np.ndarray  # (n, 2) seconds of its track each query shows ([0, min(T_video, T_track)) without moments.csv)
+
+
+def paired_gallery(videos, tracks):
+    """A Gallery of paired items: video i's track is track i, its moment the first seconds they share."""
+    return Gallery(list(range(len(videos))), videos, list(range(len(tracks))), tracks, np.arange(len(videos)),
+                   np.array([[0.0, min(len(v), len(t))] for v, t in zip(videos, tracks)]))
+
+
 def load_gallery(data_dir, ids, dims=None, desc="test features"):
-    """(kept ids, videos, tracks) for evaluation: every good id's whole video rows and whole track rows, as a
-    query video and a library track are read in retrieval (no cut to the common length). A split folder
-    (vmr/splits.py) gives its stored rows, lazily. Bad ids print `id: reason`; ValueError when none is left."""
+    """The Gallery of `ids`: every good id's whole video rows, and the unique tracks they show (DATA/moments.csv's
+    track column, else the id's own DATA/audio/<id>.npy), each whole, as retrieval reads a video and a library.
+    A split folder (vmr/splits.py) gives its stored, paired rows, lazily. Bad ids print `id: reason`; ValueError
+    when none is left."""
     from tqdm import tqdm
 
-    from vmr.splits import is_split, load_split_sequences
+    from vmr.splits import LazyRows, is_split, load_split_sequences
 
     if is_split(data_dir):
         kept, video, audio = load_split_sequences(data_dir, ids, None, dims)
-    else:
-        kept, video, audio = [], [], []
-        for vid in tqdm(ids, desc=desc, unit="id", leave=False):
-            reason, arrays = bad_id_reason(vid), []
-            for kind, dim in zip(("video", "audio"), dims or (None, None)):
-                if reason:
-                    break
-                x, reason = _load_rows(Path(data_dir) / kind / f"{vid}.npy", dim)
-                arrays.append(x)
+        order = np.argsort(np.array(kept, dtype=object), kind="stable")
+        tracks = [kept[i] for i in order]
+        track_rows = LazyRows(audio.split, "audio", audio.indices[order], audio.stops[order])
+        moments = np.stack([np.zeros(len(kept)), video.lengths()], axis=1)  # paired rows: the same length
+        return Gallery(kept, video, tracks, track_rows, np.argsort(order), moments)
+    moments_csv = read_moments(data_dir)
+    kept, video, moments, rows = [], [], [], {}
+    for vid in tqdm(ids, desc=desc, unit="id", leave=False):
+        start, end, track = moments_csv.get(vid, (None, None, vid))
+        reason = bad_id_reason(vid) or bad_id_reason(track)
+        x, reason = (None, reason) if reason else _load_rows(Path(data_dir) / "video" / f"{vid}.npy", dims and dims[0])
+        if reason is None and track not in rows:
+            rows[track], reason = _load_rows(Path(data_dir) / "audio" / f"{track}.npy", dims and dims[1])
             if reason:
-                tqdm.write(f"{vid}: {reason}", file=sys.stderr)
-                continue
-            dims = dims or (arrays[0].shape[1], arrays[1].shape[1])
-            kept.append(vid)
-            video.append(arrays[0].astype(np.float32))
-            audio.append(arrays[1].astype(np.float32))
+                del rows[track]
+        if reason:
+            tqdm.write(f"{vid}: {reason}", file=sys.stderr)
+            continue
+        dims = dims or (x.shape[1], rows[track].shape[1])
+        kept.append(vid)
+        video.append(x.astype(np.float32))
+        moments.append((start, end, track) if start is not None else (0.0, float(min(len(x), len(rows[track]))), track))
     if not kept:
         raise ValueError(f"{data_dir}: no usable id out of {len(ids)}")
     if len(kept) < len(ids):
         print(f"{data_dir}: {len(ids) - len(kept)} of {len(ids)} ids skipped", file=sys.stderr)
-    return kept, video, audio
+    tracks = sorted({m[2] for m in moments})
+    index = {t: i for i, t in enumerate(tracks)}
+    return Gallery(kept, video, tracks, [rows[t].astype(np.float32) for t in tracks],
+                   np.array([index[m[2]] for m in moments]), np.array([m[:2] for m in moments], np.float64))
 
 
 def data_groups(data_dir):

@@ -22,12 +22,14 @@ import numpy as np
 from feature_extraction.atomic import write_json
 from vmr import metrics as M
 from vmr.baselines import BaselineScorer, tuned_aligned_linear, tuned_cca
-from vmr.data import check_dims, check_overlap, feature_names, load_gallery, load_sequences, read_groups, read_ids
+from vmr import moments as moments_metrics
+from vmr.data import Gallery, check_dims, check_overlap, feature_names, load_gallery, load_sequences, read_groups, read_ids
 from vmr.runs import check_provenance, random_weight_kinds
-from vmr.scorer import answers, score_rows, shown
+from vmr.scorer import answers, embed_library, embed_query_set, moments, score_rows, shown
 from vmr.zeroshot import ROWS, ZeroShotScorer, load_rows
 
 TOP = 5  # answers per query in retrieval.json
+ANSWERS = 10  # answers per query with their moments: the "retrieved" reading of MoR@K for K <= 10
 
 
 def check_test_split(ckpt, test_data_dir, test_ids, what):
@@ -36,48 +38,72 @@ def check_test_split(ckpt, test_data_dir, test_ids, what):
     return check_provenance(ckpt.get("provenance"), test_data_dir, what)
 
 
-def score_blocks(v2m, groups, what, with_ranks=True):
-    """Both directions from a (queries, tracks) score matrix: video -> music ranks its rows, music -> video its
-    columns (ground truth: the same index or the same group)."""
-    try:  # groups, not an (n, n) relevance matrix: gt_ranks builds it a chunk of rows at a time
-        return {"video_to_music": M.recall_block(M.gt_ranks(v2m, groups=groups), with_ranks=with_ranks),
-                "music_to_video": M.recall_block(M.gt_ranks(v2m.T, groups=groups), with_ranks=with_ranks)}
+def score_blocks(v2m, gt, groups, what, with_ranks=True):
+    """Both directions from a (queries, tracks) score matrix: video -> music ranks each row's tracks (truth: track
+    gt[i], or any track of its group), music -> video each track's videos (truth: the videos showing it)."""
+    n, n_tracks = v2m.shape
+    labels = np.asarray(groups) if groups is not None else np.arange(n_tracks)
+    shows = labels[np.asarray(gt)][None, :] == labels[:, None]  # (tracks, videos)
+    try:  # gt and groups, not an (n, N) relevance matrix: gt_ranks builds it a chunk of rows at a time
+        return {"video_to_music": M.recall_block(M.gt_ranks(v2m, groups=groups, gt=gt), with_ranks=with_ranks),
+                "music_to_video": M.recall_block(M.gt_ranks(v2m.T, relevant=shows), with_ranks=with_ranks)}
     except ValueError as error:
         raise ValueError(f"{what}: {error}") from None
 
 
-def ranked(scorer, videos, tracks, boundaries=None, track_paths=None):
-    """(score matrix (n, N), answers (indices, scores) of the TOP best, queries, library) of one scorer."""
-    library = scorer.embed_tracks(tracks, track_paths)
-    queries = scorer.embed_queries(videos, boundaries)
-    return score_rows(scorer, queries, library), answers(scorer, queries, library, TOP), queries, library
+def rank_gallery(scorer, gallery, groups=None, what=None, boundaries=None, track_paths=None, with_ranks=False):
+    """One scorer on a test gallery, through the code retrieve.py runs: {"blocks": both directions,
+    "library_metrics": MGSV-EC's metrics (R@K over unique tracks, mIoU, MoR@K), "answers": (indices, scores, their
+    moments, the moment found on the true track) of each query's ANSWERS best, "queries", "library", "scores"}."""
+    what = what or f"{scorer.name} (test)"
+    library = embed_library(scorer, gallery.track_rows, track_paths)
+    queries = embed_query_set(scorer, gallery.videos, boundaries)
+    scores = score_rows(scorer, queries, library)
+    blocks = score_blocks(scores, gallery.gt, groups, what, with_ranks)
+    idx, top = answers(scorer, queries, library, ANSWERS)
+    n, width = idx.shape
+    found = moments(scorer, queries, library, np.repeat(np.arange(n), width), idx.ravel()).reshape(n, width, 2)
+    on_truth = moments(scorer, queries, library, np.arange(n), gallery.gt)
+    lengths = library["seconds"][gallery.gt]
+    library_block = moments_metrics.library_metrics(
+        blocks["video_to_music"].get("ranks", M.gt_ranks(scores, groups=groups, gt=gallery.gt)), gallery.moments, on_truth,
+        idx, found, gallery.gt, lengths)
+    if with_ranks:
+        library_block["ious"] = [round(float(x), 4) for x in moments_metrics.iou(on_truth, gallery.moments, lengths)]
+    return {"blocks": blocks, "library_metrics": library_block, "answers": (idx, top, found, on_truth), "queries": queries,
+            "library": library, "scores": scores}
 
 
-def scorer_block(scorer, videos, tracks, groups, what, boundaries=None, track_paths=None, with_ranks=False):
-    return score_blocks(ranked(scorer, videos, tracks, boundaries, track_paths)[0], groups, what, with_ranks)
+def scorer_block(scorer, gallery, groups, what, boundaries=None, track_paths=None):
+    """A baseline's row: both directions and the library metrics, with per-query ranks and IoUs (for paired
+    comparisons with the model)."""
+    result = rank_gallery(scorer, gallery, groups, what, boundaries, track_paths, with_ranks=True)
+    return {**result["blocks"], "library": result["library_metrics"]}
 
 
-def baselines(ckpt, test_video, test_audio, groups):
+def baselines(ckpt, gallery, groups):
     """Chance, tuned pooled CCA and the tuned time-aligned linear model on the test gallery.
 
     The baselines are fitted on the checkpoint's training ids and tuned on its validation ids, read from its
     training folder; without validation ids (or training data) only chance is given, with the reason.
     """
-    out = {"chance": M.chance_block(len(test_video), groups), "cca": None, "aligned_linear": None}
+    n_tracks = len(gallery.tracks)
+    out = {"chance": M.chance_block(n_tracks, groups, gt=gallery.gt), "cca": None, "aligned_linear": None,
+           "library_chance": moments_metrics.library_chance(n_tracks, gallery.moments,
+                                                            [len(gallery.track_rows[j]) for j in gallery.gt])}
     data_dir, train_ids, val_ids = ckpt.get("train_data_dir"), ckpt.get("train_ids"), ckpt.get("val_ids")
     if not (data_dir and Path(data_dir).is_dir() and train_ids and val_ids and len(val_ids) >= 2):
         out["skipped"] = "the checkpoint has no validation ids or its training folder is gone"
         print(f"baselines: {out['skipped']}; only chance is reported", file=sys.stderr)
         return out
-    dims = (test_video[0].shape[1], test_audio[0].shape[1])
+    dims = (gallery.videos[0].shape[1], gallery.track_rows[0].shape[1])
     max_seconds = (ckpt.get("run_args") or ckpt.get("args") or {}).get("max_seconds")
     _, tv, ta = load_sequences(data_dir, train_ids, max_seconds, dims, "baseline train features")
-    _, vv, va = load_sequences(data_dir, val_ids, max_seconds, dims, "baseline validation features")
+    val = load_gallery(data_dir, val_ids, dims, "baseline validation features")  # tuned on whole tracks, as tested
     pool = lambda rows: np.stack([r.mean(0) for r in rows])  # noqa: E731
-    for name, baseline in (("cca", tuned_cca((pool(tv), pool(ta)), (vv, va))),
-                           ("aligned_linear", tuned_aligned_linear((tv, ta), (vv, va)))):
-        block = scorer_block(BaselineScorer(baseline), test_video, test_audio, groups, f"{name} baseline (test)")
-        out[name] = {**block, **baseline.settings()}
+    for name, baseline in (("cca", tuned_cca((pool(tv), pool(ta)), val)),
+                           ("aligned_linear", tuned_aligned_linear((tv, ta), val))):
+        out[name] = {**scorer_block(BaselineScorer(baseline), gallery, groups, f"{name} baseline (test)"), **baseline.settings()}
     return out
 
 
@@ -87,13 +113,6 @@ def provenance_banner(prov):
     if kinds:
         return f"{' and '.join(kinds)} features were computed with RANDOM weights: the numbers say nothing about real music"
     return None
-
-
-def groups_of(groups_csv, ids):
-    if not groups_csv:
-        return None
-    table = read_groups(groups_csv)
-    return [table.get(vid, vid) for vid in ids]
 
 
 def zeroshot_folders(test_data_dir, ids, clip_dir=None, wav2clip_dir=None):
@@ -112,20 +131,23 @@ def zeroshot_folders(test_data_dir, ids, clip_dir=None, wav2clip_dir=None):
     return None
 
 
-def zeroshot_block(clip_dir, wav2clip_dir, ids, groups=None, music="track", with_ranks=False):
-    """The zero-shot Wav2CLIP row: clip rows of the test videos against the wav2clip tracks, whole, ranked by
-    vmr.zeroshot.ZeroShotScorer. Raises ValueError naming the file when one is missing or malformed."""
-    videos, tracks, paths = [], [], []
+def zeroshot_block(clip_dir, wav2clip_dir, ids, groups=None, music="track"):
+    """The zero-shot Wav2CLIP row: clip rows of the test videos against each id's wav2clip track, whole, ranked
+    by vmr.zeroshot.ZeroShotScorer. Raises ValueError naming the file when one is missing or malformed."""
+    videos, tracks, paths = [], {}, {}
     for vid in ids:
         files = Path(clip_dir) / f"{vid}.npy", Path(wav2clip_dir) / f"{vid}.npy"
         try:
             videos.append(load_rows(files[0]))
-            tracks.append(load_rows(files[1]))
+            tracks[vid] = load_rows(files[1])
         except (OSError, ValueError) as e:
             raise ValueError(f"{vid}: {e}") from None
-        paths.append(files[1])
-    return scorer_block(ZeroShotScorer(music), videos, tracks, groups, "zero-shot (test)", track_paths=paths,
-                        with_ranks=with_ranks)
+        paths[vid] = files[1]
+    order = sorted(tracks)
+    gallery = Gallery(list(ids), videos, order, [tracks[t] for t in order], np.array([order.index(v) for v in ids]),
+                      np.array([[0.0, min(len(v), len(tracks[t]))] for v, t in zip(videos, ids)]))
+    labels = None if groups is None else [dict(zip(ids, groups))[t] for t in order]
+    return scorer_block(ZeroShotScorer(music), gallery, labels, "zero-shot (test)", track_paths=[paths[t] for t in order])
 
 
 def fad_folder(ckpt, test_data_dir):
@@ -148,22 +170,28 @@ def evaluate(scorer, ckpt, checkpoint, test_data_dir, test_csv, out, flow_ranks=
     provenance = check_test_split(ckpt, test_data_dir, ids, f"{scorer.name} test on {test_data_dir}")
     dims = (scorer.video_dim, scorer.audio_dim)
     check_dims(test_data_dir, ids, dims)
-    ids, videos, tracks = load_gallery(test_data_dir, ids, dims)
-    if len(ids) < 2:
-        raise ValueError(f"{test_csv}: need at least 2 usable test ids, got {len(ids)}")
+    gallery = load_gallery(test_data_dir, ids, dims)
+    ids, tracks = gallery.ids, gallery.tracks
+    if len(ids) < 2 or len(tracks) < 2:
+        raise ValueError(f"{test_csv}: need at least 2 usable test ids and tracks, got {len(ids)} and {len(tracks)}")
     boundaries = None
     if flow_ranks:
         from feature_extraction.flowProcessor import read_ranks_csv
 
         table = read_ranks_csv(flow_ranks)
         boundaries = [table[vid]["segments"] if vid in table else None for vid in ids]
-    groups = groups_of(groups_csv, ids)
-    scores, (top_idx, top_scores), queries, library = ranked(scorer, videos, tracks, boundaries)
-    blocks = score_blocks(scores, groups, f"{scorer.name} (test)")
+    groups = None
+    if groups_csv:
+        table = read_groups(groups_csv)
+        groups = [table.get(t, t) for t in tracks]
+    result = rank_gallery(scorer, gallery, groups, boundaries=boundaries, with_ranks=True)
+    blocks, queries, library = result["blocks"], result["queries"], result["library"]
+    top_idx, top_scores, found, on_truth = result["answers"]
     scorings = {scorer.scoring: {k: {key: v for key, v in b.items() if key != "ranks"} for k, b in blocks.items()}}
     if scorer.scoring != "pooled":  # the pooled cosine beside it, on the same embeddings
-        scorings["pooled"] = score_blocks(queries["pooled"] @ library["pooled"].T, groups, f"{scorer.name} (pooled)", False)
-    top1 = [ids[row[0]] for row in top_idx]
+        scorings["pooled"] = score_blocks(queries["pooled"] @ library["pooled"].T, gallery.gt, groups, f"{scorer.name} (pooled)", False)
+    truth = [tracks[j] for j in gallery.gt]
+    top1 = [tracks[row[0]] for row in top_idx]
     metrics = {
         "model": scorer.name,
         "scorer": scorer.record(),
@@ -173,27 +201,33 @@ def evaluate(scorer, ckpt, checkpoint, test_data_dir, test_csv, out, flow_ranks=
         "provenance": provenance,
         "test_csv": str(Path(test_csv).resolve()),
         "seed": seed,
-        "gallery": len(ids),
+        "gallery": len(tracks),
+        "queries": len(ids),
         "scoring": scorer.scoring,
-        "gallery_items": "whole tracks, ranked by the model's scorer (the ranking retrieve.py gives)",
+        "gallery_items": "unique whole tracks, ranked by the model's scorer (the ranking retrieve.py gives)",
         **blocks,
+        "library": result["library_metrics"],
         "scorings": scorings,
-        "batch1024": M.batch_metrics(queries["pooled"], library["pooled"], 1024, seed),
-        "baselines": baselines(ckpt, videos, tracks, groups),
+        "batch1024": M.batch_metrics(queries["pooled"], library["pooled"][gallery.gt], 1024, seed),
+        "baselines": baselines(ckpt, gallery, groups),
     }
-    folders = zeroshot_folders(test_data_dir, ids, clip_dir, wav2clip_dir)
+    folders = zeroshot_folders(test_data_dir, ids, clip_dir, wav2clip_dir) if tracks == sorted(ids) else None
     if folders:
-        metrics["baselines"]["zeroshot"] = zeroshot_block(*folders, ids, groups)
+        metrics["baselines"]["zeroshot"] = zeroshot_block(*folders, ids, groups and [groups[tracks.index(v)] for v in ids])
     elif wav2clip_dir:
-        raise ValueError(f"--wav2clip_dir {wav2clip_dir}: no clip and wav2clip rows for every test id")
+        raise ValueError(f"--wav2clip_dir {wav2clip_dir}: no clip and wav2clip rows for every test id (one track per id)")
     fad_dir = fad_dir or fad_folder(ckpt, test_data_dir)
-    metrics["fad"] = M.fad_report(fad_dir, ids, top1, ids, scorer.max_seconds) if fad_dir else None
-    metrics["av_align"] = M.av_align_report(ids, top1, peaks_dir, av_align_variant, seed) if peaks_dir else None
+    metrics["fad"] = M.fad_report(fad_dir, truth, top1, tracks, scorer.max_seconds) if fad_dir else None
+    metrics["av_align"] = M.av_align_report(ids, top1, peaks_dir, av_align_variant, seed, truth,
+                                            {"retrieved": found[:, 0, 0], "ground_truth": gallery.moments[:, 0]}) if peaks_dir else None
     entries = []
     for i, vid in enumerate(ids):
-        entry = {"id": vid, "gt": vid, "top": [{"id": ids[j], "score": shown(scorer, s)} for j, s in zip(top_idx[i], top_scores[i])]}
+        entry = {"id": vid, "gt": truth[i], "moment": [float(x) for x in gallery.moments[i]],
+                 "found": [int(x) for x in on_truth[i]],
+                 "top": [{"id": tracks[j], "score": shown(scorer, s), "start": int(m[0]), "end": int(m[1])}
+                         for j, s, m in zip(top_idx[i][:TOP], top_scores[i][:TOP], found[i][:TOP])]}
         if hasattr(scorer, "segment_matches"):
-            entry["segments"] = scorer.segment_matches(queries, library, i, ids)
+            entry["segments"] = scorer.segment_matches(queries, library, i, tracks)
         entries.append(entry)
     write_outputs(out, metrics, entries)
     return metrics

@@ -18,13 +18,14 @@ KS = (1, 5, 10, 20, 25, 50, 100)
 BATCH_LABEL = "batch-level recall over seeded random batches; for comparison with VM-NET papers only, not a whole-gallery metric"
 
 
-def gt_ranks(scores, relevant=None, groups=None, chunk=1024):
+def gt_ranks(scores, relevant=None, groups=None, chunk=1024, gt=None):
     """1-based rank of the ground truth in each row of `scores` (n, N), pessimistic ties.
 
-    Without `relevant` the ground truth of row i is column i. With `relevant` (n, N) bool
-    (e.g. ids sharing a track), the best-scoring relevant column counts and only
-    non-relevant columns scoring >= it are ranked above it. `groups` ((n,) labels, with n == N)
-    gives the same result as relevant = group_relevance(groups) without building the (n, N) matrix.
+    Without `relevant` the ground truth of row i is column i, or column gt[i] with `gt` ((n,) indices: a
+    library of unique tracks, several queries per track). With `relevant` (n, N) bool (e.g. ids sharing a
+    track), the best-scoring relevant column counts and only non-relevant columns scoring >= it are ranked
+    above it. `groups` ((n,) labels, with n == N; with `gt`, (N,) labels of the columns) gives the same result
+    as relevant = group_relevance(groups) without building the (n, N) matrix.
 
     Computed `chunk` rows at a time in the scores' own dtype (float32 scores stay float32): besides
     the scores themselves, memory is a few (chunk, N) blocks, never an (n, N) float64 or bool matrix.
@@ -45,6 +46,9 @@ def gt_ranks(scores, relevant=None, groups=None, chunk=1024):
             continue
         if relevant is not None:
             rel = relevant[rows]
+        elif gt is not None:
+            truth = np.asarray(gt)[rows]
+            rel = (groups[truth][:, None] == groups[None, :]) if groups is not None else (truth[:, None] == np.arange(n_gallery))
         elif groups is not None:
             rel = groups[rows][:, None] == groups[None, :]
         else:
@@ -174,16 +178,18 @@ def batch_metrics(video_emb, music_emb, batch=1024, seed=0, repeats=5):
     return out
 
 
-def chance_block(N, groups=None, ks=KS):
+def chance_block(N, groups=None, ks=KS, gt=None):
     """Expected metrics of a random ranking of a gallery of N. Without groups each query has one relevant item;
-    with groups ((N,) labels) a query's relevant items are its group's g members and its rank is that of the
-    best of them: P(rank > K) = C(N - g, K) / C(N, K), E[rank] = (N + 1) / (g + 1), and MedR is the median over
-    queries of the smallest rank m with P(rank <= m) >= 1/2 ((N + 1) / 2 without groups, as before)."""
+    with groups ((N,) labels of the gallery) a query's relevant items are its group's g members and its rank is
+    that of the best of them: P(rank > K) = C(N - g, K) / C(N, K), E[rank] = (N + 1) / (g + 1), and MedR is the
+    median over queries of the smallest rank m with P(rank <= m) >= 1/2 ((N + 1) / 2 without groups). The
+    queries are the gallery's items, or with gt ((n,) gallery index of each query's truth) those n queries."""
     if groups is None:
-        sizes, counts = np.array([1]), np.array([N])
+        sizes, counts = np.array([1]), np.array([N if gt is None else len(gt)])
     else:
         _, inverse, group_sizes = np.unique(np.asarray(groups), return_inverse=True, return_counts=True)
-        sizes, counts = np.unique(group_sizes[inverse], return_counts=True)  # each query's g, and how many queries have it
+        per_query = group_sizes[inverse] if gt is None else group_sizes[inverse][np.asarray(gt)]
+        sizes, counts = np.unique(per_query, return_counts=True)  # each query's g, and how many queries have it
 
     def miss(g, k):  # C(N - g, k) / C(N, k): no relevant item within the first k
         i = np.arange(min(k, N))
@@ -192,13 +198,14 @@ def chance_block(N, groups=None, ks=KS):
     def hit(g, k):
         return min(k, N) / N if g == 1 else 1 - miss(g, k)
 
-    block = {f"R@{k}": float(sum(c * hit(g, k) for g, c in zip(sizes, counts)) / N) for k in ks}
+    n = counts.sum()
+    block = {f"R@{k}": float(sum(c * hit(g, k) for g, c in zip(sizes, counts)) / n) for k in ks}
     if groups is None:
         block["MedR"] = (N + 1) / 2
     else:
         medians = [next(m for m in range(1, N + 1) if miss(g, m) <= 0.5) for g in sizes]
         block["MedR"] = float(np.median(np.repeat(medians, counts)))
-    block["MeanR"] = float(sum(c * (N + 1) / (g + 1) for g, c in zip(sizes, counts)) / N)
+    block["MeanR"] = float(sum(c * (N + 1) / (g + 1) for g, c in zip(sizes, counts)) / n)
     return block
 
 
@@ -262,23 +269,27 @@ def _load_peaks(peaks_dir, kind, vid):
     return np.atleast_1d(np.load(path)) if path.is_file() else None
 
 
-def av_align_report(query_ids, retrieved_ids, peaks_dir, variant="2025", seed=0):
+def av_align_report(query_ids, retrieved_ids, peaks_dir, variant="2025", seed=0, truth_ids=None, starts=None):
     """Mean AV-Align of each query video against its top-1 retrieved track, its own track
     (the ground-truth ceiling) and a seeded shuffled track (the chance level).
 
     peaks_dir holds video/<id>.npy, video/<id>.json {"fps", "duration"} and audio/<id>.npy (seconds).
-    Audio peaks after the query video's duration are dropped before matching, so a track's length
-    beyond the video never changes its score. Returns None when no query has peaks; queries without
+    truth_ids: each query's track (default: the query's id). starts: {"retrieved": (n,), "ground_truth": (n,)}
+    seconds where the moment laid under the video begins on each track (default 0); a track's peaks are
+    shifted by it, and peaks outside [0, the video's duration] are dropped before matching, so a track's
+    length beyond the moment never changes its score. Returns None when no query has peaks; queries without
     peak files are listed in "missing".
     """
     query_ids, retrieved_ids = list(query_ids), list(retrieved_ids)
-    shuffled = [query_ids[i] for i in np.random.default_rng(seed).permutation(len(query_ids))]
+    truth_ids = list(truth_ids) if truth_ids is not None else query_ids
+    shuffled = [truth_ids[i] for i in np.random.default_rng(seed).permutation(len(truth_ids))]
+    starts = {key: list((starts or {}).get(key, np.zeros(len(query_ids)))) for key in ("retrieved", "ground_truth")}
     scores = {"retrieved": [], "ground_truth": [], "shuffled": []}
     missing = []
-    for q, r, s in zip(query_ids, retrieved_ids, shuffled):
+    for i, (q, r, t, s) in enumerate(zip(query_ids, retrieved_ids, truth_ids, shuffled)):
         video = _load_peaks(peaks_dir, "video", q)
         meta = Path(peaks_dir) / "video" / f"{q}.json"
-        audio = {key: _load_peaks(peaks_dir, "audio", t) for key, t in (("retrieved", r), ("ground_truth", q), ("shuffled", s))}
+        audio = {key: _load_peaks(peaks_dir, "audio", a) for key, a in (("retrieved", r), ("ground_truth", t), ("shuffled", s))}
         if video is None or not meta.is_file() or any(a is None for a in audio.values()):
             missing.append(q)
             continue
@@ -286,7 +297,8 @@ def av_align_report(query_ids, retrieved_ids, peaks_dir, variant="2025", seed=0)
         if "duration" not in info:
             raise ValueError(f"{meta}: no video duration (written by an older avpeaks); extract avpeaks again")
         for key, peaks in audio.items():
-            scores[key].append(av_align(peaks[peaks <= float(info["duration"])], video, float(info["fps"]), variant))
+            peaks = peaks - (starts[key][i] if key in starts else 0)
+            scores[key].append(av_align(peaks[(peaks >= 0) & (peaks <= float(info["duration"]))], video, float(info["fps"]), variant))
     if not scores["retrieved"]:
         return None
     out = {key: float(np.mean(vals)) for key, vals in scores.items()}

@@ -22,7 +22,7 @@ import numpy as np
 from feature_extraction.atomic import atomic_path
 from feature_extraction.cli import HelpFormatter
 from vmr.runs import check_folder
-from vmr.scorer import answers, shown
+from vmr.scorer import answers, embed_library, embed_query_set, moments, shown
 from vmr.search import add_search_arguments, index_for
 from vmr.splits import LazyRows, Split, is_split
 
@@ -122,16 +122,19 @@ def check_provenance(scorer, kind, folders, what):
 
 
 def library_tracks(scorer, library, extract_args, work_dir):
-    """(ids, rows, files, failed) of a library: rows a list of arrays, or a split folder's lazy rows."""
+    """(ids, rows, files, sources, failed) of a library: rows a list of arrays, or a split folder's lazy rows;
+    files the feature files the rows were read from, sources the library's own files (media or .npy)."""
     if is_split(library):  # a split folder (vmr/splits.py): its tracks, read one at a time
         split = Split(library)
         check_provenance(scorer, "audio", [split.folder / "audio"], "index")
         if split.dims[1] != scorer.audio_dim:
             raise RetrievalError(f"{library}: audio width {split.dims[1]}, the model's {scorer.audio_dim}")
         order = sorted(range(len(split.ids)), key=lambda i: split.ids[i])
-        return ([split.ids[i] for i in order], LazyRows(split, "audio", order), [str(split.folder / "audio.npy")] * len(order), 0)
+        files = [str(split.folder / "audio.npy")] * len(order)
+        return [split.ids[i] for i in order], LazyRows(split, "audio", order), files, files, 0
     npy, media = list_library(library)
     files, failed = {p.stem: p for p in npy}, 0
+    sources = {p.stem: p for p in npy + media}
     check_provenance(scorer, "audio", [p.parent for p in npy], "index")
     if media:
         extract(media, [scorer.audio_feature], work_dir, extract_args)
@@ -153,23 +156,22 @@ def library_tracks(scorer, library, extract_args, work_dir):
             continue
         ids.append(vid)
         paths.append(str(Path(files[vid]).resolve()))
-    return ids, rows, paths, failed
+    return ids, rows, paths, [str(Path(sources[vid]).resolve()) for vid in ids], failed
 
 
 def build_index(scorer, library, index_path, extract_args=()):
     """Embed every library track once and write INDEX.npz; returns the number of tracks that failed."""
     work_dir = Path(index_path).with_name(Path(index_path).stem + "_features")
-    ids, rows, paths, failed = library_tracks(scorer, library, list(extract_args), work_dir)
+    ids, rows, paths, sources, failed = library_tracks(scorer, library, list(extract_args), work_dir)
     if not ids:
         raise RetrievalError(f"{library}: no usable music track")
-    seconds = [len(r) for r in rows] if not isinstance(rows, LazyRows) else rows.lengths().tolist()
-    embedded = scorer.embed_tracks(rows, paths)
+    embedded = embed_library(scorer, rows, paths)
     meta = {**scorer.record(), "index_format": INDEX_FORMAT, "audio_provenance": (scorer.provenance or {}).get("audio"),
             "features": feature_records(paths)}
     with atomic_path(index_path) as tmp:
         with open(tmp, "wb") as f:
-            np.savez(f, ids=np.array(ids), files=np.array(paths), seconds=np.array(seconds, np.int64),
-                     meta=np.array(json.dumps(meta)), **embedded)
+            np.savez(f, ids=np.array(ids), files=np.array(paths), sources=np.array(sources), meta=np.array(json.dumps(meta)),
+                     **embedded)
     print(f"{index_path}: {len(ids)} tracks, {scorer.name} ({scorer.scoring} scoring)", file=sys.stderr)
     return failed
 
@@ -252,18 +254,20 @@ def query_inputs(scorer, paths, extract_args=(), flow_ranks=None):
     return out, time.perf_counter() - started
 
 
-def retrieve(scorer, ids, library, files, seconds, inputs, top_k, track_index=None, segment_index=None):
-    """One result per query: the top_k tracks (rank, id, score, file, seconds) and, where the scorer gives them,
-    segment matches."""
+def retrieve(scorer, ids, library, inputs, top_k, track_index=None, segment_index=None):
+    """One result per query: the top_k tracks (rank, id, score, the moment start-end in seconds of the track, its
+    file, source and seconds) and, where the scorer gives them, segment matches."""
     results = []
     for path, rows, boundaries in inputs:
         started = time.perf_counter()
-        queries = scorer.embed_queries([rows], [boundaries])
+        queries = embed_query_set(scorer, [rows], [boundaries])
         idx, scores = answers(scorer, queries, library, top_k, track_index)
-        top = [{"rank": r, "id": ids[j], "score": shown(scorer, s), "file": files[j], "seconds": int(seconds[j])}
-               for r, (j, s) in enumerate(zip(idx[0], scores[0]), 1) if j >= 0 and np.isfinite(s)]
-        result = {"query": path, "seconds": len(rows) if not scorer.max_seconds else min(len(rows), scorer.max_seconds),
-                  "top": top}
+        keep = [(j, s) for j, s in zip(idx[0], scores[0]) if j >= 0 and np.isfinite(s)]
+        found = moments(scorer, queries, library, np.zeros(len(keep), np.int64), [j for j, _ in keep])
+        top = [{"rank": r, "id": ids[j], "score": shown(scorer, s), "start": int(m[0]), "end": int(m[1]),
+                "file": str(library["files"][j]), "source": str(library["sources"][j]), "seconds": int(library["seconds"][j])}
+               for r, ((j, s), m) in enumerate(zip(keep, found), 1)]
+        result = {"query": path, "seconds": int(queries["seconds"][0]), "top": top}
         if hasattr(scorer, "segment_matches"):
             result["segments"] = scorer.segment_matches(queries, library, 0, ids, segment_index)
         result["search_seconds"] = time.perf_counter() - started
@@ -271,13 +275,39 @@ def retrieve(scorer, ids, library, files, seconds, inputs, top_k, track_index=No
     return results
 
 
+def write_previews(results, folder, count):
+    """For each media query, its `count` best tracks whose source is a media file: the query video with the
+    answer's moment laid under it (vmr.preview), named so that the files sort by query and rank. Returns the
+    number that failed (each printed)."""
+    from vmr.preview import preview_name, write_preview
+
+    failed = 0
+    for result in results:
+        if Path(result["query"]).suffix.lower() not in VIDEO_SUFFIXES:
+            print(f"{result['query']}: a feature file; previews need the video (--query clip.mp4)", file=sys.stderr)
+            continue
+        for t in result["top"][:count]:
+            if Path(t["source"]).suffix.lower() not in AUDIO_SUFFIXES | VIDEO_SUFFIXES:
+                print(f"{t['source']}: not a media file; no preview for track {t['id']}", file=sys.stderr)
+                continue
+            out = Path(folder) / preview_name(result["query"], t["rank"], t["id"], t["start"], t["end"])
+            try:
+                write_preview(result["query"], t["source"], t["start"], t["end"], out)
+                t["preview"] = str(out)
+            except (OSError, ValueError) as error:
+                print(f"error: {error}", file=sys.stderr)
+                failed += 1
+    return failed
+
+
 def print_table(result, summary):
     print(f"{result['query']}: {result['seconds']} s of video, top {len(result['top'])} of {summary['tracks']} tracks "
           f"({summary['model']}, {summary['scoring']} scoring, {summary['search']} search, "
           f"{result['search_seconds'] * 1000:.1f} ms)")
-    print(f"  {'rank':>4}  {'score':>7}  {'seconds':>7}  track")
+    print(f"  {'rank':>4}  {'score':>7}  {'moment s':>9}  track (seconds, source)")
     for t in result["top"]:
-        print(f"  {t['rank']:>4}  {t['score']:7.4f}  {t['seconds']:>7}  {t['id']}  ({t['file']})")
+        print(f"  {t['rank']:>4}  {t['score']:7.4f}  {t['start']:>4}-{t['end']:<4}  {t['id']}  ({t['seconds']} s, {t['source']})"
+              + (f"  preview {t['preview']}" if "preview" in t else ""))
     if result.get("segments"):
         print(f"  {'video s':>9}  {'cosine':>7}  best library segment")
         for s in result["segments"]:
@@ -308,6 +338,10 @@ def build_parser(doc, kind):
     add_search_arguments(p)
     p.add_argument("--json", action="store_true", help="print one JSON document (results with extraction and search "
                                                        "seconds) instead of a table")
+    p.add_argument("--preview", metavar="DIR", help="write, for each video query, its --preview_top best tracks as the video with the "
+                                                    "track's moment laid under it (DIR/<query>_rank001_<track>_<start>-<end>s.mp4; "
+                                                    "the library must hold music or video files)")
+    p.add_argument("--preview_top", type=int, default=3, help="answers per query written with --preview")
     p.add_argument("--weights", choices=("official", "random"), default="official",
                    help="weights for on-the-fly extraction: official = the published checkpoints, from the weights cache "
                         "($VMR_CACHE; `make weights` downloads them); random = seeded random weights (tests and demos only)")
@@ -344,7 +378,9 @@ def main(argv, doc, kind, make_scorer):
     track_index = index_for(library["pooled"], args)
     segment_index = index_for(library["seg_emb"], args) if "seg_emb" in library and args.faiss else None
     index_seconds = time.perf_counter() - started
-    results = retrieve(scorer, ids, library, library["files"], library["seconds"], inputs, args.top_k, track_index, segment_index)
+    results = retrieve(scorer, ids, library, inputs, args.top_k, track_index, segment_index)
+    if args.preview:
+        failed += write_previews(results, args.preview, args.preview_top)
     summary = {"index": str(args.index), "model": scorer.name, "scoring": scorer.scoring, "rerank": scorer.rerank,
                "tracks": len(ids), "search": args.faiss or "exact", "extraction_seconds": extraction_seconds,
                "index_seconds": index_seconds, "results": results}

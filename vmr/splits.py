@@ -127,11 +127,11 @@ def write_split(out, items, dtype="float32", provenance=None, source=None):
 
 def items_from_folder(data_dir, ids, max_seconds=None):
     """(id, video, audio) of every good id of a folder-of-npy DATA (vmr.data.load_pair: bad ids print a reason)."""
-    from vmr.data import load_pair
+    from vmr.data import load_pair, read_moments
 
-    dims = None
+    dims, moments = None, read_moments(data_dir)
     for vid in ids:
-        pair = load_pair(data_dir, vid, max_seconds, dims)
+        pair = load_pair(data_dir, vid, max_seconds, dims, moments.get(vid))
         if pair is None:
             continue
         dims = (pair[0].shape[1], pair[1].shape[1])

@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 
 from vmr.metrics import normalize_rows
+from vmr.moments import window_means
 from vmr.scorer import Scorer
 
 DIM = 512
@@ -76,6 +77,11 @@ class ZeroShotScorer(Scorer):
                 "seg_start": np.concatenate([np.arange(len(r)) for r in rows]).astype(np.int32),
                 "seg_end": np.concatenate([np.arange(1, len(r) + 1) for r in rows]).astype(np.int32),
                 "seg_emb": normalize_rows(np.concatenate(rows))}
+
+    def window_vectors(self, library, j, length):
+        """Means of the track's unit per-second rows over every window of `length` seconds."""
+        first, last = np.searchsorted(library["seg_track"], [j, j + 1])
+        return window_means(library["seg_emb"][first:last], length)
 
     def embed_queries(self, rows, boundaries=None):
         rows = [np.asarray(r, np.float32) for r in rows]

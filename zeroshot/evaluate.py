@@ -32,7 +32,7 @@ def main(argv=None):
         ids = read_ids(args.ids)
         table = read_groups(args.groups) if args.groups else None
         groups = [table.get(vid, vid) for vid in ids] if table else None
-        metrics = zeroshot_block(args.video, args.audio, ids, groups, args.music, with_ranks=True)
+        metrics = zeroshot_block(args.video, args.audio, ids, groups, args.music)
     except (OSError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
