@@ -265,3 +265,85 @@ def test_vmr_is_the_floor_and_the_model_packages_import_nothing_from_each_other(
     for package in packages:
         for path in sorted((REPO / package).glob("*.py")):
             assert not imports_of(path) & (set(packages) - {package}), path
+
+
+# ---------------------------------------------------------------- library retrieval with moments (issue 23)
+
+@pytest.fixture(scope="module")
+def library_data(tmp_path_factory):
+    """The generator's library regime: each video shows a moment of a longer track, several videos per track."""
+    root = tmp_path_factory.mktemp("library")
+    settings = Settings(n=70, regime="library", video_dim=32, audio_dim=16, latent=4, genres=4, min_len=20, max_len=30,
+                        segments=(2, 4), track_extra=(10, 30), seed=5)
+    write_dataset(root / "data", generate(settings), 20, settings)
+    return root
+
+
+@pytest.mark.parametrize("model", ["vmnet", "transformer"])
+def test_moments_data_folder_trains_evaluates_and_retrieves_with_moments(model, library_data, capsys):
+    from vmr.data import read_moments
+
+    d, run = library_data / "data", library_data / f"run_{model}"
+    moments = read_moments(d)
+    test = (d / "test.csv").read_text().split()[1:]
+    tracks = sorted({moments[v][2] for v in test})
+    common = ["--train_data_dir", str(d), "--train_csv_path", str(d / "train.csv"), "--test_csv_path", str(d / "test.csv"),
+              "--save_dir", str(run), "--threads", "1"]
+    extra = ["--flow_ranks", str(d / "flow" / "ranks.csv")] if model == "transformer" else []
+    main = {"vmnet": vmnet_train.main, "transformer": transformer_train.main}[model]
+    assert main(common + extra + (["--epochs", "3", "--batch_size", "16"] if model == "vmnet" else ["--epochs", "1"])) == 0
+    out = capsys.readouterr().out
+    assert f"whole gallery N = {len(tracks)} whole tracks, {len(test)} query videos" in out and "library metrics (MGSV-EC)" in out
+    m = json.loads((run / "metrics.json").read_text())
+    assert m["gallery"] == len(tracks) < m["queries"] == len(test)
+    assert set(m["library"]) >= {"R@1", "mIoU", "MoR@1 IoU>0.7", "MoR@1 IoU>0.5 retrieved"} and 0 <= m["library"]["mIoU"] <= 1
+    assert m["baselines"]["library_chance"]["R@1"] == pytest.approx(1 / len(tracks))
+    for name in ("cca", "aligned_linear"):
+        assert len(m["baselines"][name]["library"]["ious"]) == len(test)
+    retrieval = json.loads((run / "retrieval.json").read_text())["queries"]
+    for q in retrieval:
+        start, end, track = moments[q["id"]]
+        assert q["gt"] == track and q["moment"] == [start, end] and q["found"][1] - q["found"][0] == end - start
+        assert all(t["end"] - t["start"] <= end - start and t["start"] >= 0 for t in q["top"])
+
+    # retrieve.py on the library of the test tracks: the same tracks, scores and moments as test.py
+    library = library_data / f"library_{model}.txt"
+    library.write_text("".join(f"{d / 'audio' / t}.npy\n" for t in tracks))
+    retriever = {"vmnet": vmnet_retrieve.main, "transformer": transformer_retrieve.main}[model]
+    ckpt = ["--checkpoint", str(run / "best.pt")]
+    index = library_data / f"{model}.npz"
+    assert retriever(ckpt + ["--build_index", "--library", str(library), "--index", str(index)]) == 0
+    for search in ([], ["--faiss", "flat"]):
+        result = retrieve_json(retriever, ckpt + ["--index", str(index), "--query", *[str(d / "video" / f"{v}.npy") for v in test],
+                                                  "--json"] + extra + search, capsys)
+        for q, r in zip(retrieval, result["results"]):
+            assert [(t["id"], t["start"], t["end"]) for t in r["top"]] == [(t["id"], t["start"], t["end"]) for t in q["top"]]
+            np.testing.assert_allclose([t["score"] for t in r["top"]], [t["score"] for t in q["top"]], rtol=1e-5, atol=1e-6)
+
+
+def test_moment_search_finds_where_the_video_sits_in_its_track():
+    """A scorer whose per-second vectors are the latent itself: the offset of every video in its track is found."""
+    from vmr.data import Gallery
+    from vmr.evaluation import rank_gallery
+    from vmr.scorer import AlignedScoring, Scorer, pack_sequences
+
+    class Identity(AlignedScoring, Scorer):
+        kind, name, scoring = "identity", "identity", "aligned"
+
+        def embed_tracks(self, rows, paths=None):
+            seq = [r / np.linalg.norm(r, axis=1, keepdims=True) for r in rows]
+            return {"pooled": np.stack([s.mean(0) / np.linalg.norm(s.mean(0)) for s in seq]), **pack_sequences(seq)}
+
+        def embed_queries(self, rows, boundaries=None):
+            seq = [r / np.linalg.norm(r, axis=1, keepdims=True) for r in rows]
+            return {"pooled": np.stack([s.mean(0) / np.linalg.norm(s.mean(0)) for s in seq]), "seq": seq}
+
+    rng = np.random.default_rng(0)
+    tracks = [rng.standard_normal((int(rng.integers(40, 80)), 8)).astype(np.float32) for _ in range(6)]
+    gt = np.array([0, 0, 1, 2, 3, 4, 5, 5])
+    starts = [int(rng.integers(0, len(tracks[j]) - 15)) for j in gt]
+    videos = [tracks[j][s:s + 15] + 0.3 * rng.standard_normal((15, 8)).astype(np.float32) for j, s in zip(gt, starts)]
+    gallery = Gallery(list(range(8)), videos, list(range(6)), tracks, gt, np.array([[s, s + 15] for s in starts], float))
+    result = rank_gallery(Identity(), gallery)
+    assert result["library_metrics"]["R@1"] == 1 and result["library_metrics"]["mIoU"] == 1
+    assert result["answers"][3].tolist() == [[s, s + 15] for s in starts]  # the moment found on the true track

@@ -456,17 +456,27 @@ def test_retrieve_extracts_media_on_the_fly(tmp_path, vmr_env, make_clip, capsys
     """Library of media files and a video query both go through the extraction pass (random weights)."""
     from vmnet import retrieve
 
-    clips = [make_clip(f"t{i}.mp4", seconds=2.0, seed=i) for i in range(2)]
+    clips = [make_clip(f"t{i}.mp4", seconds=3.0 + i, seed=i) for i in range(2)]
     (tmp_path / "library.txt").write_text("".join(f"{c}\n" for c in clips))
     torch.manual_seed(0)
     config = {"video_dim": 512, "audio_dim": 128, "num_layers_video": 2, "num_layers_music": 3, "embed_dim": 512, "dropout": 0.1}
     torch.save({"model": VMNet(512, 128).state_dict(), "config": config, "args": {"max_seconds": None},
                 "features": {"video": "clip", "audio": "vggish"}}, tmp_path / "m.pt")
     rc = retrieve.main(["--build_index", "--library", str(tmp_path / "library.txt"), "--checkpoint", str(tmp_path / "m.pt"),
-                        "--index", str(tmp_path / "INDEX.npz"), "--weights", "random", "--query", str(clips[1]), "--json"])
+                        "--index", str(tmp_path / "INDEX.npz"), "--weights", "random", "--query", str(clips[0]), "--json",
+                        "--preview", str(tmp_path / "previews"), "--preview_top", "2"])
     assert rc == 0
     res = json.loads(capsys.readouterr().out)
     assert res["tracks"] == 2 and res["extraction_seconds"] > 0
-    assert sorted(t["id"] for t in res["results"][0]["top"]) == ["t0", "t1"]
+    top = res["results"][0]["top"]
+    assert sorted(t["id"] for t in top) == ["t0", "t1"] and res["results"][0]["seconds"] == 3
+    assert {t["id"]: (t["end"] - t["start"], t["seconds"], t["source"]) for t in top} == {
+        "t0": (3, 3, str(clips[0])), "t1": (3, 4, str(clips[1]))}  # 3 s of the video: 3 s of each track
+    # hear the answer: the query video with each track's moment under it, named by rank
+    written = sorted(p.name for p in (tmp_path / "previews").iterdir())
+    assert written == [Path(t["preview"]).name for t in top] and written[0].startswith("t0_rank001_")
+    from vmr.preview import _duration
+
+    assert _duration(Path(top[0]["preview"]), "audio") == pytest.approx(3.0, abs=0.1)
     with np.load(tmp_path / "INDEX.npz", allow_pickle=False) as z:
         assert list(z["ids"]) == ["t0", "t1"] and json.loads(str(z["meta"]))["model"] == "VM-NET"

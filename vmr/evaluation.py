@@ -252,10 +252,17 @@ def baseline_rows(metrics):
     return rows + [("chance", metrics["baselines"]["chance"])]
 
 
+LIBRARY_COLUMNS = {"R@1": "R@1", "R@10": "R@10", "mIoU": "mIoU", "MoR@1 IoU>0.7": "MoR@1", "MoR@10 IoU>0.7": "MoR@10",
+                   "MoR@10 IoU>0.7 retrieved": "MoR@10 ret"}
+
+
 def table(rows, ks=("R@1", "R@5", "R@10", "R@100", "MedR")):
-    print(f"{'':28}" + "".join(f"{k:>9}" for k in ks))
+    """Rows of blocks under columns ks (keys, or {key: label}); a key a block lacks is shown as -."""
+    labels = ks if isinstance(ks, dict) else {k: k for k in ks}
+    print(f"{'':28}" + "".join(f"{label:>11}" for label in labels.values()))
     for name, block in rows:
-        print(f"{name:28}" + "".join(f"{block[k]:9.3f}" if k != "MedR" else f"{block[k]:9.1f}" for k in ks))
+        print(f"{name:28}" + "".join(f"{'-':>11}" if k not in block else f"{block[k]:11.1f}" if k == "MedR" else f"{block[k]:11.3f}"
+                                     for k in labels))
 
 
 def print_summary(metrics):
@@ -264,8 +271,13 @@ def print_summary(metrics):
     for name, block in metrics["scorings"].items():
         label = metrics["model"] if len(metrics["scorings"]) == 1 else f"{metrics['model']} {name}"
         rows += [(f"{label} v->m", block["video_to_music"]), (f"{label} m->v", block["music_to_video"])]
-    print(f"whole gallery N = {metrics['gallery']} whole tracks; headline scoring: {metrics['scoring']}")
+    print(f"whole gallery N = {metrics['gallery']} whole tracks, {metrics['queries']} query videos; headline scoring: "
+          f"{metrics['scoring']}")
     table(rows + baseline_rows(metrics))
+    library_rows = [(metrics["model"], metrics["library"])] + [
+        (name, metrics["baselines"][key]["library"]) for key, name in BASELINE_ROWS if (metrics["baselines"].get(key) or {}).get("library")]
+    print("\nlibrary metrics (MGSV-EC): tracks and moments; MoR@K: the true track in the top K and its moment at IoU > 0.7")
+    table(library_rows + [("chance", metrics["baselines"]["library_chance"])], LIBRARY_COLUMNS)
     banner = provenance_banner(metrics.get("provenance"))
     if banner:
         print(f"WARNING: {banner}")

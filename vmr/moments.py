@@ -197,7 +197,8 @@ def library_chance(n_tracks, gt_moments, track_lengths, ks=(1, 5, 10, 100), mor_
     out["MedR"] = (n_tracks + 1) / 2
     out["mIoU"] = float(mean_iou.mean())
     out.update({f"IoU@{t}": float(above[t].mean()) for t in (0.3, 0.5, 0.7)})
-    out.update({_key(k, t): recall[k] * float(above[t].mean()) for k in mor_ks for t in thresholds})
+    out.update({_key(k, t, retrieved): recall[k] * float(above[t].mean()) for k in mor_ks for t in thresholds
+                for retrieved in (False, True)})
     return out
 
 

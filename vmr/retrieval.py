@@ -290,7 +290,7 @@ def write_previews(results, folder, count):
             if Path(t["source"]).suffix.lower() not in AUDIO_SUFFIXES | VIDEO_SUFFIXES:
                 print(f"{t['source']}: not a media file; no preview for track {t['id']}", file=sys.stderr)
                 continue
-            out = Path(folder) / preview_name(result["query"], t["rank"], t["id"], t["start"], t["end"])
+            out = Path(folder) / preview_name(Path(result["query"]).stem, t["rank"], t["id"], t["start"], t["end"])
             try:
                 write_preview(result["query"], t["source"], t["start"], t["end"], out)
                 t["preview"] = str(out)
