@@ -306,6 +306,15 @@ def test_moments_data_folder_trains_evaluates_and_retrieves_with_moments(model, 
         assert q["gt"] == track and q["moment"] == [start, end] and q["found"][1] - q["found"][0] == end - start
         assert all(t["end"] - t["start"] <= end - start and t["start"] >= 0 for t in q["top"])
 
+    from vmr import report
+
+    published = library_data / "published.json"
+    published.write_text(json.dumps([{"name": "MaDe", "source": "ICCV 2025", "R@1": 0.088, "mIoU": 0.722}]))
+    assert report.main(["--run", f"{model}={run}", "--out", str(run / "report.html"), "--published", str(published)]) == 0
+    page = (run / "report.html").read_text()
+    assert '<table id="library">' in page and "MaDe (published: ICCV 2025)" in page and "<td>8.8</td><td>–</td>" in page
+    assert f"{m['library']['mIoU']:.3f}" in page
+
     # retrieve.py on the library of the test tracks: the same tracks, scores and moments as test.py
     library = library_data / f"library_{model}.txt"
     library.write_text("".join(f"{d / 'audio' / t}.npy\n" for t in tracks))

@@ -159,6 +159,39 @@ def metrics_table(runs):
     )
 
 
+LIBRARY = (("R@1", "R@1 (%)"), ("R@5", "R@5 (%)"), ("R@10", "R@10 (%)"), ("mIoU", "mIoU"), ("MoR@1 IoU>0.7", "MoR@1 (%)"),
+           ("MoR@10 IoU>0.7", "MoR@10 (%)"), ("MoR@100 IoU>0.7", "MoR@100 (%)"), ("MoR@10 IoU>0.7 retrieved", "MoR@10 retrieved (%)"))
+
+
+def library_table(runs, published=()):
+    """MGSV-EC's metrics (tracks and moments) of every run, its baselines and chance; then published rows
+    ({"name", "source", metric keys: fractions}) beside them."""
+    def row(label, block, css=""):
+        cells = [("–" if block.get(k) is None else f"{block[k]:.3f}" if k == "mIoU" else f"{100 * block[k]:.1f}") for k, _ in LIBRARY]
+        cls = f' class="{css}"' if css else ""
+        return f"<tr{cls}><td>{html.escape(label)}</td>" + "".join(f"<td>{c}</td>" for c in cells) + "</tr>"
+
+    rows = []
+    for run in runs:
+        m = run["metrics"]
+        if not m.get("library"):
+            continue
+        baselines = m.get("baselines") or {}
+        rows.append(row(f'{run_label(run)}, {m.get("gallery")} tracks, {m.get("queries")} queries', m["library"]))
+        rows += [row(f"  {name}", baselines[key]["library"], "baseline") for key, name in BASELINES
+                 if (baselines.get(key) or {}).get("library")]
+        if baselines.get("library_chance"):
+            rows.append(row("  chance", baselines["library_chance"], "baseline"))
+    rows += [row(f'{p["name"]} (published: {p["source"]})', p, "baseline") for p in published]
+    if not rows:
+        return ""
+    return ("<h3>Library retrieval: the track and the moment (MGSV-EC metrics)</h3><p>R@K over unique tracks; mIoU of the "
+            "moment found on the true track; MoR@K: the true track within the first K and its moment at IoU &gt; 0.7 "
+            "(on the true track, as the official code; <i>retrieved</i>: the moment attached to that answer).</p>"
+            '<table id="library"><thead><tr><th>model</th>' + "".join(f"<th>{label}</th>" for _, label in LIBRARY)
+            + "</tr></thead><tbody>" + "".join(rows) + "</tbody></table>")
+
+
 def flat_items(prefix, value):
     """Nested dict -> [(dotted key, number)] for the FAD / AV-Align table."""
     if isinstance(value, dict):
@@ -381,8 +414,8 @@ def query_sections(runs, videos_dir, n_queries):
     return "".join(sections)
 
 
-def render(runs, videos_dir=None, n_queries=3, title="VMR results"):
-    """The whole page as one string."""
+def render(runs, videos_dir=None, n_queries=3, title="VMR results", published=()):
+    """The whole page as one string; `published`: rows of other work to show beside the library metrics."""
     sources = "".join(
         f'<li><b>{html.escape(r["name"])}</b>: {html.escape(str(r["dir"]))} '
         f'(checkpoint {html.escape(str(r["metrics"].get("checkpoint", "?")))}, '
@@ -397,6 +430,7 @@ def render(runs, videos_dir=None, n_queries=3, title="VMR results"):
         "tuned on the validation ids) and chance on the same test gallery; every track cut from its own music "
         "(README, Protocol).</p>",
         metrics_table(runs),
+        library_table(runs, published),
         extras_table(runs),
         "<h2>Recall@K</h2>" + banner(runs),
         img(recall_curves(runs), "recall at K curves"),
@@ -429,6 +463,8 @@ def main(argv=None):
     parser.add_argument("--out", default="report.html", help="the HTML page to write (default: report.html)")
     parser.add_argument("--queries", type=int, default=3, help="how many example queries to show (default: 3)")
     parser.add_argument("--title", default="VMR results", help="page title")
+    parser.add_argument("--published", help="JSON list of published rows to show beside the library metrics: {name, source, "
+                                            "R@1, R@5, R@10, mIoU, MoR@1 IoU>0.7, ...} as fractions (vmr.mgsv writes MaDe's)")
     args = parser.parse_args(argv)
 
     from feature_extraction.atomic import write_text
@@ -441,7 +477,8 @@ def main(argv=None):
             print(e, file=sys.stderr)
             failed += 1
     if runs:
-        write_text(args.out, render(runs, args.videos, args.queries, args.title))
+        published = json.loads(Path(args.published).read_text(encoding="utf-8")) if args.published else ()
+        write_text(args.out, render(runs, args.videos, args.queries, args.title, published))
         print(f"wrote {args.out}")
     if failed:
         print(f"{failed} failed", file=sys.stderr)
