@@ -1,0 +1,156 @@
+"""MkDocs hooks: the pages that are generated at build time, so that they cannot drift from the code.
+
+- reference.md: every command-line script's `--help`, run as `python SCRIPT --help` while the site builds.
+- benchmarks.md: the model benchmark's tables, rendered from a bench JSON (bench/run.py's format):
+  docs/bench/results.json (recorded, in git) unless $VMR_BENCH_JSON names another, e.g. bench/results.json
+  after `make bench`.
+"""
+import contextlib
+import importlib.util
+import io
+import json
+import os
+import runpy
+import subprocess
+import sys
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+HELP_COLUMNS = "100"  # argparse wraps to the terminal's width: the page is rendered at this one
+
+# (script path, how it is run): every argparse CLI of the project, in the order of the reference page.
+COMMANDS = (
+    ("feature_extraction/extract.py", "python feature_extraction/extract.py"),
+    ("feature_extraction/flowProcessor.py", "python feature_extraction/flowProcessor.py"),
+    ("feature_extraction/vggishProcessor.py", "python feature_extraction/vggishProcessor.py"),
+    ("feature_extraction/merge.py", "python -m feature_extraction.merge"),
+    ("feature_extraction/weights.py", "python feature_extraction/weights.py"),
+    ("feature_extraction/downloadYt.py", "python feature_extraction/downloadYt.py"),
+    ("feature_extraction/make_sample.py", "python feature_extraction/make_sample.py"),
+    ("lists/himv.py", "python lists/himv.py"),
+    ("vmnet/prepare.py", "python vmnet/prepare.py"),
+    ("vmr/splits.py", "python -m vmr.splits"),
+    ("vmnet/train.py", "python vmnet/train.py"),
+    ("vmnet/test.py", "python vmnet/test.py"),
+    ("vmnet/retrieve.py", "python vmnet/retrieve.py"),
+    ("transformer/train.py", "python transformer/train.py"),
+    ("transformer/test.py", "python transformer/test.py"),
+    ("transformer/retrieve.py", "python transformer/retrieve.py"),
+    ("zeroshot/retrieve.py", "python zeroshot/retrieve.py"),
+    ("zeroshot/evaluate.py", "python zeroshot/evaluate.py"),
+    ("vmr/report.py", "python -m vmr.report"),
+    ("vmr/demo.py", "python -m vmr.demo"),
+    ("vmr/synthetic.py", "python -m vmr.synthetic"),
+    ("vmnet/notebooks.py", "python -m vmnet.notebooks"),
+    ("slurm/submit.py", "python slurm/submit.py"),
+    ("slurm/records.py", "python slurm/records.py"),
+    ("bench/run.py", "python bench/run.py"),
+    ("bench/bench_features.py", "python bench/bench_features.py"),
+    ("bench/bench_networks.py", "python bench/bench_networks.py"),
+    ("bench/bench_i3d_flow.py", "python bench/bench_i3d_flow.py"),
+    ("bench/bench_models.py", "python bench/bench_models.py"),
+    ("bench/bench_vmnet.py", "python bench/bench_vmnet.py"),
+    ("bench/bench_segments.py", "python bench/bench_segments.py"),
+    ("bench/bench_scale.py", "python bench/bench_scale.py"),
+    ("bench/gpu.py", "python bench/gpu.py"),
+)
+
+
+def help_argv(command):
+    """The argv that runs `command` (as written in COMMANDS) with --help under this Python."""
+    return [sys.executable, *command.split()[1:], "--help"]
+
+
+def help_in_this_process(command):
+    """What `command --help` prints, run here as Python would run it: the script as __main__ with its own
+    folder first on sys.path, or `-m` a module. One process for all scripts imports torch once."""
+    words = command.split()[1:]
+    out, argv, path = io.StringIO(), sys.argv[:], sys.path[:]
+    try:
+        with contextlib.redirect_stdout(out):
+            if words[0] == "-m":
+                sys.argv = [words[1], "--help"]
+                runpy.run_module(words[1], run_name="__main__", alter_sys=True)
+            else:
+                sys.argv = [words[0], "--help"]
+                sys.path.insert(0, str((REPO / words[0]).parent))
+                runpy.run_path(str(REPO / words[0]), run_name="__main__")
+    except SystemExit as stop:
+        if stop.code not in (0, None):
+            raise RuntimeError(f"{command} --help: exit status {stop.code}") from None
+    finally:
+        sys.argv, sys.path[:] = argv, path
+    return out.getvalue()
+
+
+def all_help_texts():
+    """{path: --help text} for every script of COMMANDS, from one child process (this file run as a script)."""
+    env = dict(os.environ, COLUMNS=HELP_COLUMNS)
+    result = subprocess.run([sys.executable, __file__], cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+    if result.returncode != 0:
+        raise RuntimeError(f"docs/hooks.py: the --help texts: {result.stderr.strip()[-2000:]}")
+    return json.loads(result.stdout)
+
+
+def reference_markdown(texts):
+    parts = []
+    for path, command in COMMANDS:
+        parts.append(f"## `{path}`\n\nRun as `{command}`.\n\n```text\n{texts[path].rstrip()}\n```\n")
+    return "\n".join(parts)
+
+
+def bench_models():
+    spec = importlib.util.spec_from_file_location("bench_models", REPO / "bench" / "bench_models.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def models_markdown(result):
+    """The tables of bench/bench_models.py's result: R@1, R@10 and MedR of every model and baseline per regime."""
+    rows = bench_models().ROWS
+    directions = ("video_to_music", "music_to_video")
+    lines = []
+    for regime, r in result.items():
+        if not isinstance(r, dict) or "table" not in r:
+            continue
+        settings = "; ".join(f"{name} ridge {s['ridge']:g}, d {s['dims']}" for name, s in
+                             (("CCA", r["baseline_settings"]["cca"]), ("aligned linear", r["baseline_settings"]["aligned_linear"])))
+        lines += [f"**{regime}** ({r['pairs']} pairs, whole test gallery of {r['test_gallery']}; baselines: {settings})", "",
+                  "| | v→m R@1 | v→m R@10 | v→m MedR | m→v R@1 | m→v R@10 | m→v MedR |", "|---|---|---|---|---|---|---|"]
+        for name, key in rows:
+            if key in r["table"]:
+                cells = [f"{r['table'][key][d][k]:.3f}" if k != "MedR" else f"{r['table'][key][d][k]:g}"
+                         for d in directions for k in ("R@1", "R@10", "MedR")]
+                lines.append(f"| {name} | " + " | ".join(cells) + " |")
+        ablation = r.get("ablation_no_flow_losses")
+        if ablation:
+            text = " / ".join(f"{s} R@1 {a['R@1']:.3f} R@10 {a['R@10']:.3f}" for s, a in sorted(ablation.items()))
+            lines.append(f"| Transformer without flow-rank losses | {text} | | | | | |")
+        lines.append("")
+        for name, t in r["training"].items():
+            lines.append(f"- {name}: {t['train_seconds']} s wall, {t['epochs']} epochs, {t['seconds_per_epoch']} s/epoch, "
+                         f"peak RSS {t['peak_rss_mib']} MiB")
+        lines.append("")
+    return "\n".join(lines)
+
+
+def bench_json_path():
+    return Path(os.environ.get("VMR_BENCH_JSON") or REPO / "docs" / "bench" / "results.json")
+
+
+def on_page_markdown(markdown, page, config, files):
+    if page.file.src_uri == "reference.md":
+        return markdown.replace("<!-- commands -->", reference_markdown(all_help_texts()))
+    if page.file.src_uri == "benchmarks.md":
+        path = bench_json_path()
+        result = json.loads(path.read_text())
+        return markdown.replace("<!-- bench:models -->", models_markdown(result["models"])).replace(
+            "<!-- bench:source -->", f"`{path.relative_to(REPO) if path.is_relative_to(REPO) else path}`")
+    return markdown
+
+
+if __name__ == "__main__":  # the child of all_help_texts(): prints {path: --help text} as JSON
+    texts = {path: help_in_this_process(command) for path, command in COMMANDS}
+    os.chdir(REPO)
+    print(json.dumps(texts))
