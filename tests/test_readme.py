@@ -31,9 +31,26 @@ def readme_commands():
 def test_readme_is_short_and_documents_the_quick_flags():
     text = README.read_text()
     assert len(text.splitlines()) <= 200
-    assert "add `--weights random` to this command and to `retrieve.py`" in text and "`--epochs N`" in text
+    prose = " ".join(text.split())
+    assert "add `--weights random` to this command and to `retrieve.py`" in prose and "`--epochs N`" in prose
     scripts = {words[1] for words in readme_commands() if words[0] == "python" and words[1] != "-m"}
     assert set(QUICK) <= scripts  # the flags above go to commands the README has
+
+
+def github_slug(heading):
+    """The anchor GitHub (and MkDocs) give a heading: lower case, punctuation dropped, spaces to hyphens."""
+    return re.sub(r"[^\w\- ]", "", heading.strip().lower()).replace(" ", "-")
+
+
+def test_readme_links_point_at_pages_and_headings_that_exist():
+    links = re.findall(r"\]\(([^)#]+)(?:#([^)]+))?\)", README.read_text())
+    assert len(links) >= 10
+    for path, anchor in links:
+        target = REPO / path
+        assert target.is_file(), path
+        if anchor:
+            headings = re.findall(r"^#+ (.*)$", target.read_text(), re.M)
+            assert anchor in [github_slug(h) for h in headings], (path, anchor)
 
 
 def test_readme_make_targets_exist():
