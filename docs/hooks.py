@@ -1,9 +1,9 @@
 """MkDocs hooks: the pages that are generated at build time, so that they cannot drift from the code.
 
 - reference.md: every command-line script's `--help`, run as `python SCRIPT --help` while the site builds.
-- benchmarks.md: the model benchmark's tables, rendered from a bench JSON (bench/run.py's format):
-  docs/bench/results.json (recorded, in git) unless $VMR_BENCH_JSON names another, e.g. bench/results.json
-  after `make bench`.
+- benchmark tables (`<!-- bench:models -->` on benchmarks.md, `<!-- bench:scale -->` on scale.md), rendered from
+  a bench JSON in bench/run.py's format: docs/bench/results.json (recorded, in git) unless $VMR_BENCH_JSON names
+  another, e.g. bench/results.json after `make bench`; `<!-- bench:source -->` names the file used.
 """
 import contextlib
 import importlib.util
@@ -135,6 +135,26 @@ def models_markdown(result):
     return "\n".join(lines)
 
 
+SCALE_STAGES = {"prepare": "prepare (`--split_format mmap`)", "vmnet_train": "VM-NET training, 1 epoch",
+                "transformer_train": "Transformer training, 1 epoch (linear start, validation)",
+                "vmnet_test": "VM-NET test (baselines fitted on the training split)",
+                "transformer_test": "Transformer test (the same baselines)"}
+
+
+def scale_markdown(result):
+    """bench/bench_scale.py's peak RSS per stage at its smallest and largest size, and their ratio."""
+    small, large = result["sizes"][0], result["sizes"][-1]
+    lines = [f"| stage | peak RSS, {small['items']:,} items | {large['items']:,} items | ratio (goal <= 1.3) | "
+             f"wall s ({small['items']:,} / {large['items']:,}) |", "|---|---|---|---|---|"]
+    for name, s in small["stages"].items():
+        if name in large["stages"]:
+            t = large["stages"][name]
+            lines.append(f"| {SCALE_STAGES.get(name, name)} | {s['peak_rss_mib']:,} MiB | {t['peak_rss_mib']:,} MiB | "
+                         f"**{result['rss_ratio_largest_to_smallest'][name]:.2f}** | "
+                         f"{s['wall_seconds']:g} / {t['wall_seconds']:g} |")
+    return "\n".join(lines) + "\n"
+
+
 def bench_json_path():
     return Path(os.environ.get("VMR_BENCH_JSON") or REPO / "docs" / "bench" / "results.json")
 
@@ -142,15 +162,17 @@ def bench_json_path():
 def on_page_markdown(markdown, page, config, files):
     if page.file.src_uri == "reference.md":
         return markdown.replace("<!-- commands -->", reference_markdown(all_help_texts()))
-    if page.file.src_uri == "benchmarks.md":
+    if "<!-- bench:" in markdown:
         path = bench_json_path()
         result = json.loads(path.read_text())
-        return markdown.replace("<!-- bench:models -->", models_markdown(result["models"])).replace(
-            "<!-- bench:source -->", f"`{path.relative_to(REPO) if path.is_relative_to(REPO) else path}`")
+        shown = path.relative_to(REPO) if path.is_relative_to(REPO) else path
+        markdown = markdown.replace("<!-- bench:source -->", f"`{shown}`")
+        if "<!-- bench:models -->" in markdown:
+            markdown = markdown.replace("<!-- bench:models -->", models_markdown(result["models"]))
+        if "<!-- bench:scale -->" in markdown:
+            markdown = markdown.replace("<!-- bench:scale -->", scale_markdown(result["scale"]))
     return markdown
 
 
 if __name__ == "__main__":  # the child of all_help_texts(): prints {path: --help text} as JSON
-    texts = {path: help_in_this_process(command) for path, command in COMMANDS}
-    os.chdir(REPO)
-    print(json.dumps(texts))
+    print(json.dumps({path: help_in_this_process(command) for path, command in COMMANDS}))

@@ -86,7 +86,7 @@ def test_reference_lists_every_command_line_script():
     assert {path for path, _ in hooks.COMMANDS} == scripts
 
 
-def test_benchmark_tables_are_rendered_from_the_json(site, tmp_path):
+def test_benchmark_tables_are_rendered_from_the_json(site):
     import json
 
     hooks = load_hooks()
@@ -99,3 +99,8 @@ def test_benchmark_tables_are_rendered_from_the_json(site, tmp_path):
     table = hooks.models_markdown(recorded["models"])
     assert "| Transformer aligned | 0.123 | 0.972 | 1 |" in table
     assert "- vmnet: 199.3 s wall, 137 epochs, 1.21 s/epoch, peak RSS 1176 MiB" in table
+
+    scale = (site / "scale" / "index.html").read_text()
+    assert "<!-- bench:" not in scale and "<td>1,293 MiB</td>\n<td>1,436 MiB</td>\n<td><strong>1.11</strong></td>" in scale
+    recorded["scale"]["sizes"][1]["stages"]["vmnet_train"]["peak_rss_mib"] = 2222
+    assert "| VM-NET training, 1 epoch | 957 MiB | 2,222 MiB |" in hooks.scale_markdown(recorded["scale"])
