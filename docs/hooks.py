@@ -1,8 +1,8 @@
 """MkDocs hooks: the pages that are generated at build time, so that they cannot drift from the code.
 
 - reference.md: every command-line script's `--help`, run as `python SCRIPT --help` while the site builds.
-- benchmark tables (`<!-- bench:models -->` on benchmarks.md, `<!-- bench:scale -->` on scale.md), rendered from
-  a bench JSON in bench/run.py's format: docs/bench/results.json (recorded, in git) unless $VMR_BENCH_JSON names
+- benchmark tables (`<!-- bench:NAME -->`, NAME a key of TABLES, on any page), rendered from a bench JSON in
+  bench/run.py's format: docs/bench/results.json (recorded, in git) unless $VMR_BENCH_JSON names
   another, e.g. bench/results.json after `make bench`; `<!-- bench:source -->` names the file used.
 """
 import contextlib
@@ -155,6 +155,50 @@ def scale_markdown(result):
     return "\n".join(lines) + "\n"
 
 
+THROUGHPUT_ROWS = (("ResNet-101", "features", "throughput", "resnet"), ("CLIP ViT-B/32", "features", "throughput", "clip"),
+                   ("VGGish", "features", "throughput", "vggish"),
+                   ("I3D RGB + Farneback flow (4 s clip)", "i3d_flow", "i3d", "farneback"),
+                   ("I3D RGB + TV-L1 flow (4 s clip)", "i3d_flow", "i3d", "tvl1"),
+                   ("I3D RGB + RAFT flow (1 s clip)", "i3d_flow", "i3d", "raft"),
+                   ("flowProcessor (Farneback trajectory, segments, ranks)", "i3d_flow", "flowProcessor"),
+                   ("avpeaks", "i3d_flow", "avpeaks"))
+
+
+def throughput_markdown(result):
+    """Pipeline and model-only speed per feature (bench_features.py and bench_i3d_flow.py), and their ratio."""
+    lines = ["| feature | pipeline, x real time | model only | ratio (goal >= 0.9) |", "|---|---|---|---|"]
+    for label, *keys in THROUGHPUT_ROWS:
+        row = result
+        for key in keys:
+            row = row.get(key, {}) if isinstance(row, dict) else {}
+        if "ratio" in row:
+            cpu = f" (CPU seconds {row['cpu_ratio']:.2f})" if "cpu_ratio" in row else ""
+            lines.append(f"| {label} | {row['pipeline_x_realtime']:g} | {row['model_only_x_realtime']:g} | "
+                         f"**{row['ratio']:.2f}**{cpu} |")
+    return "\n".join(lines) + "\n"
+
+
+NETWORKS = (("ResNet-101", "resnet101", "frames/s"), ("CLIP ViT-B/32", "clip_vit_b32", "frames/s"),
+            ("VGGish", "vggish", "examples/s"))
+
+
+def networks_markdown(result):
+    """bench_networks.py: items per CPU second, eager at batch 1 and at --batch_size, ours, and the speed-up."""
+    batch = result["batch"]
+    lines = [f"| network | eager float32, batch 1 | eager, batch {batch} | ours, batch {batch} | speed-up | prepare |",
+             "|---|---|---|---|---|---|"]
+    for label, key, unit in NETWORKS:
+        r = result[key]
+        lines.append(f"| {label} | {r['eager_b1']:g} {unit} | {r['eager_batch']:g} | {r['ours']:g} | "
+                     f"**{r['speedup']:.2f}x** (wall {r['wall_speedup']:.2f}x) | {r['prepare_s']:g} s |")
+    return "\n".join(lines) + "\n"
+
+
+# <!-- bench:NAME --> -> the markdown of its table, from the whole bench JSON
+TABLES = {"models": (lambda r: models_markdown(r["models"])), "scale": (lambda r: scale_markdown(r["scale"])),
+          "throughput": throughput_markdown, "networks": (lambda r: networks_markdown(r["networks"]))}
+
+
 def bench_json_path():
     return Path(os.environ.get("VMR_BENCH_JSON") or REPO / "docs" / "bench" / "results.json")
 
@@ -167,10 +211,9 @@ def on_page_markdown(markdown, page, config, files):
         result = json.loads(path.read_text())
         shown = path.relative_to(REPO) if path.is_relative_to(REPO) else path
         markdown = markdown.replace("<!-- bench:source -->", f"`{shown}`")
-        if "<!-- bench:models -->" in markdown:
-            markdown = markdown.replace("<!-- bench:models -->", models_markdown(result["models"]))
-        if "<!-- bench:scale -->" in markdown:
-            markdown = markdown.replace("<!-- bench:scale -->", scale_markdown(result["scale"]))
+        for name, render in TABLES.items():
+            if f"<!-- bench:{name} -->" in markdown:
+                markdown = markdown.replace(f"<!-- bench:{name} -->", render(result))
     return markdown
 
 

@@ -103,4 +103,7 @@ def test_benchmark_tables_are_rendered_from_the_json(site):
     scale = (site / "scale" / "index.html").read_text()
     assert "<!-- bench:" not in scale and "<td>1,293 MiB</td>\n<td>1,436 MiB</td>\n<td><strong>1.11</strong></td>" in scale
     recorded["scale"]["sizes"][1]["stages"]["vmnet_train"]["peak_rss_mib"] = 2222
+    assert "<td>VGGish</td>\n<td>38.5</td>\n<td>42.5</td>\n<td><strong>0.91</strong> (CPU seconds 0.94)</td>" in page
+    networks = (site / "feature-extraction" / "index.html").read_text()
+    assert "<td>ResNet-101</td>\n<td>2.35 frames/s</td>\n<td>2.7</td>\n<td>3.69</td>" in networks
     assert "| VM-NET training, 1 epoch | 957 MiB | 2,222 MiB |" in hooks.scale_markdown(recorded["scale"])
