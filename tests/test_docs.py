@@ -11,9 +11,6 @@ import pytest
 
 from conftest import REPO
 
-pytest.importorskip("mkdocs")
-pytest.importorskip("material")
-
 
 def load_hooks():
     spec = importlib.util.spec_from_file_location("docs_hooks", REPO / "docs" / "hooks.py")
