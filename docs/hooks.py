@@ -1,6 +1,7 @@
 """MkDocs hooks: the pages that are generated at build time, so that they cannot drift from the code.
 
-- reference.md: every command-line script's `--help`, run as `python SCRIPT --help` while the site builds.
+- reference.md: every command-line script's `--help`, produced while the site builds by running each script as
+  `python SCRIPT --help` (or `python -m MODULE --help`) runs it, all in one child process.
 - benchmark tables (`<!-- bench:NAME -->`, NAME a key of TABLES, on any page), rendered from a bench JSON in
   bench/run.py's format: docs/bench/results.json (recorded, in git) unless $VMR_BENCH_JSON names
   another, e.g. bench/results.json after `make bench`; `<!-- bench:source -->` names the file used.
