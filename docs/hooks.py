@@ -197,7 +197,35 @@ def networks_markdown(result):
 
 # <!-- bench:NAME --> -> the markdown of its table, from the whole bench JSON
 TABLES = {"models": (lambda r: models_markdown(r["models"])), "scale": (lambda r: scale_markdown(r["scale"])),
-          "throughput": throughput_markdown, "networks": (lambda r: networks_markdown(r["networks"]))}
+          "index": (lambda r: index_markdown(r["scale"]["index"])), "throughput": throughput_markdown,
+          "networks": (lambda r: networks_markdown(r["networks"]))}
+
+
+INDEXES = (("VM-NET tracks", "vmnet_tracks"), ("Transformer tracks", "transformer_tracks"),
+           ("Transformer segments", "transformer_segments"))
+
+
+def faiss_cell(entry, knob):
+    if "skipped" in entry:
+        return "not built (over `BENCH_SCALE_HNSW_MAX`)"
+    best = entry["fastest_at_recall_0.95"]
+    if best is None:
+        return f"recall@10 below 0.95 at every {knob}, build {entry['build_seconds']:g} s"
+    return (f"{knob} {best[knob]}: recall@10 {best['recall@10']:.3f}, {best['speedup_vs_exact']:g}x, "
+            f"build {entry['build_seconds']:g} s")
+
+
+def index_markdown(result):
+    """bench_scale.py's index part: exact search against the bandwidth bound, and the fastest FAISS setting with
+    recall@10 >= 0.95 per index."""
+    lines = ["| index | bytes | bandwidth bound (same run) | exact top-10, one query | exact / bound (goal <= 1.5) | "
+             "IVF-Flat | HNSW (M 32) |", "|---|---|---|---|---|---|---|"]
+    for label, key in INDEXES:
+        r = result[key]
+        lines.append(f"| {label}, {r['rows']:,} x {r['dim']} | {r['bytes'] / 1e6:.0f} MB | {r['bound_ms']:g} ms "
+                     f"({r['bandwidth_gb_per_s']:g} GB/s) | {r['exact_ms']:g} ms | **{r['exact_over_bound']:.2f}** | "
+                     f"{faiss_cell(r['faiss']['ivf'], 'nprobe')} | {faiss_cell(r['faiss']['hnsw'], 'efSearch')} |")
+    return "\n".join(lines) + "\n"
 
 
 def bench_json_path():

@@ -99,6 +99,7 @@ def test_benchmark_tables_are_rendered_from_the_json(site):
 
     scale = (site / "scale" / "index.html").read_text()
     assert "<!-- bench:" not in scale and "<td>1,293 MiB</td>\n<td>1,436 MiB</td>\n<td><strong>1.11</strong></td>" in scale
+    assert "<td>Transformer segments, 1,200,000 x 64</td>\n<td>307 MB</td>" in scale
     recorded["scale"]["sizes"][1]["stages"]["vmnet_train"]["peak_rss_mib"] = 2222
     assert "<td>VGGish</td>\n<td>38.5</td>\n<td>42.5</td>\n<td><strong>0.91</strong> (CPU seconds 0.94)</td>" in page
     networks = (site / "feature-extraction" / "index.html").read_text()
