@@ -11,7 +11,7 @@ DEVICE ?= cpu
 ARGS ?=
 PYTEST_ARGS ?=
 
-.PHONY: setup setup-gpu sysdeps test demo features weights bench lists notebooks mgsv
+.PHONY: setup setup-gpu sysdeps test demo features weights bench lists notebooks mgsv docs
 
 setup: $(STAMP)
 
@@ -64,3 +64,8 @@ mgsv: setup
 
 notebooks: setup
 	$(PY) -m vmnet.notebooks --demo_dir $${VMR_DEMO_DIR:-demo_out}
+
+# The documentation site, offline, into site/; --strict: a broken link, missing page or anchor fails the build.
+# VMR_BENCH_JSON=bench/results.json renders the benchmark tables from your own `make bench`.
+docs: setup
+	NO_MKDOCS_2_WARNING=1 $(PY) -m mkdocs build --strict --site-dir site

@@ -1,0 +1,107 @@
+"""The documentation site builds with --strict, and its command reference is each script's live --help."""
+import html
+import importlib.util
+import os
+import re
+import subprocess
+import sys
+from concurrent.futures import ThreadPoolExecutor
+
+import pytest
+
+from conftest import REPO
+
+
+def load_hooks():
+    spec = importlib.util.spec_from_file_location("docs_hooks", REPO / "docs" / "hooks.py")
+    hooks = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(hooks)
+    return hooks
+
+
+@pytest.fixture(scope="module")
+def site(tmp_path_factory):
+    """The site as `make docs` builds it (same command line), into a temporary folder."""
+    out = tmp_path_factory.mktemp("site")
+    env = dict(os.environ, NO_MKDOCS_2_WARNING="1")
+    result = subprocess.run([sys.executable, "-m", "mkdocs", "build", "--strict", "--site-dir", str(out)],
+                            cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "WARNING" not in result.stderr, result.stderr
+    return out
+
+
+def test_make_docs_runs_this_build():
+    makefile = (REPO / "Makefile").read_text()
+    assert re.search(r"^docs: setup\n\t.*-m mkdocs build --strict --site-dir site$", makefile, re.M)
+
+
+def test_every_page_is_built(site):
+    for page in ("getting-started", "feature-extraction", "dataset", "vmnet", "transformer", "evaluation",
+                 "zeroshot", "scale", "benchmarks", "reference", "dependencies"):
+        assert (site / page / "index.html").is_file(), page
+    assert "Protocol: how every reported number is computed" in (site / "evaluation" / "index.html").read_text()
+
+
+# Each way a script is run, each checked in a process of its own: a plain script, scripts that import torch, `-m`
+# modules, a script that puts its own folder on sys.path, a benchmark. (Every script of the page was compared
+# once when the page was written; a process per script costs about 2 s each where torch is imported.)
+LIVE = ("feature_extraction/extract.py", "feature_extraction/downloadYt.py", "transformer/retrieve.py",
+        "vmr/report.py", "feature_extraction/merge.py", "bench/gpu.py", "bench/bench_models.py", "slurm/submit.py")
+
+
+def test_command_reference_is_each_scripts_live_help(site):
+    hooks = load_hooks()
+    page = (site / "reference" / "index.html").read_text()
+    blocks = [html.unescape(b) for b in re.findall(r'<pre><code class="language-text">(.*?)</code></pre>', page, re.S)]
+    assert len(blocks) == len(hooks.COMMANDS)
+    shown = {path: block for (path, _), block in zip(hooks.COMMANDS, blocks)}
+    commands = dict(hooks.COMMANDS)
+    env = dict(os.environ, COLUMNS=hooks.HELP_COLUMNS)
+
+    def live(command):  # exactly what a user runs
+        return subprocess.run(hooks.help_argv(command), cwd=REPO, env=env, capture_output=True, text=True,
+                              timeout=300, check=True).stdout
+
+    with ThreadPoolExecutor(2) as pool:
+        texts = dict(zip(LIVE, pool.map(live, [commands[path] for path in LIVE])))
+    for path, text in texts.items():
+        assert text.startswith("usage: "), path
+        assert shown[path].rstrip() == text.rstrip(), path
+    for path, block in shown.items():
+        assert block.startswith("usage: ") and f"Run as <code>{commands[path]}</code>" in page, path
+
+
+def test_reference_lists_every_command_line_script():
+    hooks = load_hooks()
+    scripts = set()
+    for folder in ("feature_extraction", "vmr", "vmnet", "transformer", "zeroshot", "slurm", "bench", "lists"):
+        for p in (REPO / folder).glob("*.py"):
+            text = p.read_text()
+            if '__name__ == "__main__"' in text and ("ArgumentParser(" in text or "benchmark_main(" in text):
+                scripts.add(str(p.relative_to(REPO)))
+    assert {path for path, _ in hooks.COMMANDS} == scripts
+
+
+def test_benchmark_tables_are_rendered_from_the_json(site):
+    import json
+
+    hooks = load_hooks()
+    recorded = json.loads((REPO / "docs" / "bench" / "results.json").read_text())
+    page = (site / "benchmarks" / "index.html").read_text()
+    assert "<!-- bench:models -->" not in page and "docs/bench/results.json" in page
+    assert "<td>Transformer aligned</td>\n<td>0.800</td>" in page  # trajectory regime, video to music R@1
+    # a changed JSON changes the table: the numbers come from the file, not from the page's text
+    recorded["models"]["trajectory"]["table"]["aligned"]["video_to_music"]["R@1"] = 0.123
+    table = hooks.models_markdown(recorded["models"])
+    assert "| Transformer aligned | 0.123 | 0.972 | 1 |" in table
+    assert "- vmnet: 199.3 s wall, 137 epochs, 1.21 s/epoch, peak RSS 1176 MiB" in table
+
+    scale = (site / "scale" / "index.html").read_text()
+    assert "<!-- bench:" not in scale and "<td>1,293 MiB</td>\n<td>1,436 MiB</td>\n<td><strong>1.11</strong></td>" in scale
+    assert "<td>Transformer segments, 1,200,000 x 64</td>\n<td>307 MB</td>" in scale
+    recorded["scale"]["sizes"][1]["stages"]["vmnet_train"]["peak_rss_mib"] = 2222
+    assert "<td>VGGish</td>\n<td>38.5</td>\n<td>42.5</td>\n<td><strong>0.91</strong> (CPU seconds 0.94)</td>" in page
+    networks = (site / "feature-extraction" / "index.html").read_text()
+    assert "<td>ResNet-101</td>\n<td>2.35 frames/s</td>\n<td>2.7</td>\n<td>3.69</td>" in networks
+    assert "| VM-NET training, 1 epoch | 957 MiB | 2,222 MiB |" in hooks.scale_markdown(recorded["scale"])
