@@ -1,16 +1,25 @@
-"""The generated benchmark (vmr/synthetic.py): both models against their baselines under the protocol.
+"""The generated benchmark (vmr/synthetic.py): both models against their tuned baselines, over seeds, with intervals.
 
-Per regime ("meanpool": mean pooling suffices; "trajectory": identity lives in the time-aligned walk):
-generate the pairs, train VM-NET and the segment Transformer with their default settings (each as its own
-process: wall seconds, seconds per epoch from train_log.csv, peak RSS from wait4), evaluate both on the same
-test gallery (their test.py) and write one table: chance, tuned CCA, aligned
-linear, VM-NET, Transformer pooled and aligned, both directions; plus the flow-rank loss ablation (the
-Transformer trained again with --lambda2 0 --lambda3 0). The table is also drawn as bench/models.png.
+Settings: a regime and a family of latent dynamics (vmr.synthetic): "meanpool" and "trajectory" on the "walk"
+family, where the models' defaults were chosen, and the "library" regime (each video a moment of a longer
+track, several videos per track) on every family in BENCH_MODELS_FAMILIES, so that a gain must hold on
+families no default was chosen on. Each setting runs on BENCH_MODELS_SEEDS seeds (data and models); each seed
+trains VM-NET and the segment Transformer with their default flags (each as its own process: wall seconds,
+seconds per epoch, peak RSS) and evaluates both with their test.py on the same test split (the baselines,
+fitted on the same training ids and tuned on the same validation ids, come with them).
 
-Sizes: BENCH_MODELS_N (pairs, default 1500), BENCH_MODELS_TEST (test pairs, 500), BENCH_MODELS_REGIMES
-(meanpool,trajectory), BENCH_MODELS_ABLATION (1), BENCH_MODELS_THREADS (2).
+Reported per setting: every row's mean and std over seeds of v->m R@1 and R@10, and in the library regime
+mIoU and MoR@1 (IoU > 0.7); and for each model against the best baseline (highest mean R@1; in the library
+regime also MoR@1) the paired bootstrap 95% interval of the difference over the queries of all seeds
+(vmr.moments.paired_bootstrap_hits): a gain is claimed only where the interval excludes 0. The table is also
+drawn as bench/models.png.
+
+Sizes: BENCH_MODELS_N (videos, default 1000), BENCH_MODELS_TEST (test videos, 250), BENCH_MODELS_SEEDS (0,1,2),
+BENCH_MODELS_SETTINGS (meanpool:walk,trajectory:walk,library:walk,library:oscillation,library:switching),
+BENCH_MODELS_THREADS (2).
 """
 import csv
+import json
 import os
 import shutil
 import subprocess
@@ -19,9 +28,13 @@ import tempfile
 import time
 from pathlib import Path
 
+import numpy as np
+
 REPO = Path(__file__).resolve().parents[1]
 ROWS = (("chance", "chance"), ("tuned CCA", "cca"), ("aligned linear", "aligned_linear"), ("VM-NET", "vmnet"),
-        ("Transformer pooled", "pooled"), ("Transformer aligned", "aligned"))
+        ("Transformer", "transformer"))
+MODELS, BASELINES = ("vmnet", "transformer"), ("cca", "aligned_linear")
+MOR = "MoR@1 IoU>0.7"
 
 
 def tool(*args):
@@ -34,87 +47,117 @@ def tool(*args):
     return time.perf_counter() - started, usage.ru_maxrss / 1024
 
 
-def epoch_seconds(run_dir):
-    with open(Path(run_dir) / "train_log.csv", newline="") as f:
-        rows = list(csv.DictReader(f))
-    return sum(float(r["seconds"]) for r in rows) / len(rows), len(rows)
-
-
 def train(script, data, save_dir, threads, *extra):
     common = ["--train_data_dir", data, "--train_csv_path", data / "train.csv", "--save_dir", save_dir, "--threads", threads]
     wall, rss = tool(script, *common, *extra)
-    per_epoch, epochs = epoch_seconds(save_dir)
-    return {"train_seconds": round(wall, 1), "epochs": epochs, "seconds_per_epoch": round(per_epoch, 2), "peak_rss_mib": round(rss)}
+    with open(Path(save_dir) / "train_log.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    return {"train_seconds": round(wall, 1), "epochs": len(rows), "peak_rss_mib": round(rss),
+            "seconds_per_epoch": round(sum(float(r["seconds"]) for r in rows) / len(rows), 2)}
 
 
-def regime_table(regime, n, n_test, threads, ablation, root):
-    import json
-
+def one_seed(regime, family, seed, n, n_test, threads, root):
+    """Train and test both models on one generated dataset: {row key: per-query v->m ranks and IoUs, summary}."""
     from vmr.synthetic import Settings, generate, write_dataset
 
-    data = root / regime
-    settings = Settings(n=n, regime=regime)
+    data = root / f"{regime}_{family}_{seed}"
+    settings = Settings(n=n, regime=regime, family=family, seed=seed)
     write_dataset(data, generate(settings), n_test, settings)
     flow = ["--flow_ranks", data / "flow" / "ranks.csv"]
-    out = {"pairs": n, "test_gallery": n_test, "training": {}}
-    out["training"]["vmnet"] = train("vmnet/train.py", data, root / f"{regime}_vmnet", threads)
-    out["training"]["transformer"] = train("transformer/train.py", data, root / f"{regime}_transformer", threads, *flow)
-    metrics = root / f"{regime}_eval" / "metrics.json"
-    out["eval_seconds"], _ = tool("transformer/test.py", "--checkpoint", root / f"{regime}_transformer" / "best.pt",
-                                  "--test_data_dir", data, "--test_csv_path", data / "test.csv", "--out", metrics, "--threads", threads)
-    vmnet_metrics = root / f"{regime}_vmnet" / "eval" / "metrics.json"
-    tool("vmnet/test.py", "--checkpoint", root / f"{regime}_vmnet" / "best.pt", "--test_data_dir", data, "--test_csv_path",
-         data / "test.csv", "--out", vmnet_metrics, "--threads", threads)
-    m, v = json.loads(metrics.read_text()), json.loads(vmnet_metrics.read_text())
-    blocks = {"chance": {"video_to_music": m["baselines"]["chance"], "music_to_video": m["baselines"]["chance"]},
-              "cca": m["baselines"]["cca"], "aligned_linear": m["baselines"]["aligned_linear"], "vmnet": v, **m["scorings"]}
-    keep = ("R@1", "R@5", "R@10", "MedR")
-    out["table"] = {key: {d: {k: blocks[key][d][k] for k in keep} for d in ("video_to_music", "music_to_video")}
-                    for _, key in ROWS if blocks.get(key)}
-    out["baseline_settings"] = {k: {s: m["baselines"][k][s] for s in ("ridge", "dims")} for k in ("cca", "aligned_linear")}
-    if ablation:
-        run_dir = root / f"{regime}_no_flow_losses"
-        out["training"]["transformer_no_flow_losses"] = train("transformer/train.py", data, run_dir, threads, *flow,
-                                                              "--lambda2", "0", "--lambda3", "0")
-        tool("transformer/test.py", "--checkpoint", run_dir / "best.pt", "--test_data_dir", data, "--test_csv_path",
-             data / "test.csv", "--out", run_dir / "eval" / "metrics.json", "--threads", threads)
-        a = json.loads((run_dir / "eval" / "metrics.json").read_text())["scorings"]
-        out["ablation_no_flow_losses"] = {s: {k: a[s]["video_to_music"][k] for k in keep} for s in a}
+    training = {"vmnet": train("vmnet/train.py", data, data / "vmnet", threads, "--seed", seed),
+                "transformer": train("transformer/train.py", data, data / "transformer", threads, *flow, "--seed", seed)}
+    metrics = {}
+    for model, extra in (("vmnet", []), ("transformer", flow)):
+        out = data / model / "eval" / "metrics.json"
+        tool(f"{model}/test.py", "--checkpoint", data / model / "best.pt", "--test_data_dir", data, "--test_csv_path",
+             data / "test.csv", "--out", out, "--threads", threads, "--seed", seed, *extra)
+        metrics[model] = json.loads(out.read_text())
+    m = metrics["transformer"]
+    blocks = {"vmnet": metrics["vmnet"], "transformer": m, **{key: m["baselines"][key] for key in BASELINES}}
+    out = {key: {"ranks": block["video_to_music"]["ranks"], "ious": block["library"]["ious"],
+                 "R@10": block["video_to_music"]["R@10"], "mIoU": block["library"]["mIoU"]} for key, block in blocks.items()}
+    out["chance"] = {"R@1": m["baselines"]["chance"]["R@1"], "R@10": m["baselines"]["chance"]["R@10"],
+                     "mIoU": m["baselines"]["library_chance"]["mIoU"], MOR: m["baselines"]["library_chance"][MOR]}
+    out["training"] = training
+    out["transformer_scoring"] = m["scoring"]
+    out["baseline_settings"] = {k: {s: m["baselines"][k][s] for s in ("ridge", "dims")} for k in BASELINES}
+    out["tracks"], out["queries"] = m["gallery"], m["queries"]
     return out
 
 
+def summary(runs, library):
+    """Mean and std over seeds of each row, and each model's paired bootstrap intervals against the best baseline."""
+    from vmr.moments import paired_bootstrap_hits
+
+    def per_query(key, metric):
+        hits = []
+        for r in runs:
+            ranks, ious = np.asarray(r[key]["ranks"]), np.asarray(r[key]["ious"])
+            hits.append(ranks == 1 if metric == "R@1" else (ranks == 1) & (ious > 0.7))
+        return hits
+
+    table = {}
+    for _, key in ROWS:
+        values = {}
+        for metric in ("R@1", "R@10", "mIoU", MOR) if library else ("R@1", "R@10"):
+            if key == "chance":
+                seeds = [r["chance"][metric] for r in runs]
+            elif metric in ("R@1", MOR):
+                seeds = [float(h.mean()) for h in per_query(key, metric)]
+            else:
+                seeds = [r[key][metric] for r in runs]
+            values[metric] = {"mean": round(float(np.mean(seeds)), 4), "std": round(float(np.std(seeds)), 4),
+                              "seeds": [round(v, 4) for v in seeds]}
+        table[key] = values
+    comparisons = {}
+    for metric in ("R@1", MOR) if library else ("R@1",):
+        best = max(BASELINES, key=lambda k: table[k][metric]["mean"])
+        for model in MODELS:
+            diff, low, high = paired_bootstrap_hits(np.concatenate(per_query(model, metric)), np.concatenate(per_query(best, metric)))
+            comparisons[f"{model} - {best} ({metric})"] = {"difference": round(diff, 4), "interval95": [round(low, 4), round(high, 4)],
+                                                           "gain": low > 0, "loss": high < 0}
+    return {"table": table, "comparisons": comparisons}
+
+
 def table_png(result, path):
-    """The R@1 / R@10 / MedR table of every regime as an image."""
+    """Each setting's mean R@1 (and MoR@1) with the std over seeds, as an image."""
     from matplotlib.figure import Figure
 
     from feature_extraction.atomic import atomic_path
 
-    regimes = [r for r in result if isinstance(result[r], dict) and "table" in result[r]]
-    fig = Figure(figsize=(11, 1.2 + 2.4 * len(regimes)))
-    axes = fig.subplots(len(regimes), 1, squeeze=False)[:, 0]
-    for ax, regime in zip(axes, regimes):
-        r = result[regime]
-        cells = [[name] + [f"{r['table'][key][d][k]:.3f}" if k != "MedR" else f"{r['table'][key][d][k]:.1f}"
-                           for d in ("video_to_music", "music_to_video") for k in ("R@1", "R@10", "MedR")]
-                 for name, key in ROWS if key in r["table"]]
+    settings = [s for s in result if isinstance(result[s], dict) and "summary" in result[s]]
+    fig = Figure(figsize=(11, 1.0 + 2.2 * len(settings)))
+    axes = fig.subplots(len(settings), 1, squeeze=False)[:, 0]
+    for ax, name in zip(axes, settings):
+        t = result[name]["summary"]["table"]
+        metrics = [m for m in ("R@1", "R@10", "mIoU", MOR) if m in t["chance"]]
+        cells = [[label] + [f"{t[key][m]['mean']:.3f} ± {t[key][m]['std']:.3f}" for m in metrics] for label, key in ROWS]
         ax.axis("off")
-        ax.set_title(f"{regime}: {r['pairs']} pairs, whole test gallery of {r['test_gallery']}", loc="left")
-        ax.table(cellText=cells, colLabels=["", "v→m R@1", "v→m R@10", "v→m MedR", "m→v R@1", "m→v R@10", "m→v MedR"],
-                 loc="center", cellLoc="right")
+        ax.set_title(f"{name}: {result[name]['queries']} queries, {result[name]['tracks']} tracks, seeds {result[name]['seeds']}",
+                     loc="left")
+        ax.table(cellText=cells, colLabels=[""] + [f"v→m {m}" for m in metrics], loc="center", cellLoc="right")
     fig.tight_layout()
     with atomic_path(path) as tmp:
         fig.savefig(tmp, format="png", dpi=100)
 
 
 def run():
-    n = int(os.environ.get("BENCH_MODELS_N", "1500"))
-    n_test = int(os.environ.get("BENCH_MODELS_TEST", "500"))
-    regimes = os.environ.get("BENCH_MODELS_REGIMES", "meanpool,trajectory").split(",")
+    n = int(os.environ.get("BENCH_MODELS_N", "1000"))
+    n_test = int(os.environ.get("BENCH_MODELS_TEST", "250"))
+    seeds = [int(s) for s in os.environ.get("BENCH_MODELS_SEEDS", "0,1,2").split(",")]
+    settings = os.environ.get("BENCH_MODELS_SETTINGS",
+                              "meanpool:walk,trajectory:walk,library:walk,library:oscillation,library:switching").split(",")
     threads = os.environ.get("BENCH_MODELS_THREADS", "2")
-    ablation = os.environ.get("BENCH_MODELS_ABLATION", "1") != "0"
     root = Path(tempfile.mkdtemp(prefix="vmr_bench_models_"))
+    result = {}
     try:
-        result = {regime: regime_table(regime, n, n_test, threads, ablation, root) for regime in regimes}
+        for setting in settings:
+            regime, family = setting.split(":")
+            runs = [one_seed(regime, family, seed, n, n_test, threads, root) for seed in seeds]
+            result[setting] = {"regime": regime, "family": family, "seeds": seeds, "queries": runs[0]["queries"],
+                               "tracks": runs[0]["tracks"], "summary": summary(runs, regime == "library"),
+                               "runs": [{k: r[k] for k in ("training", "transformer_scoring", "baseline_settings")} for r in runs]}
+            print(json.dumps({setting: result[setting]["summary"]["comparisons"]}), file=sys.stderr, flush=True)
     finally:
         shutil.rmtree(root, ignore_errors=True)
     table_png(result, Path(__file__).with_name("models.png"))

@@ -128,8 +128,8 @@ def test_fetch_from_server_convert_resume_and_tampered_cache(release, server, tm
     server.files.update(files)
     cache, out = tmp_path / "cache", tmp_path / "out"
     env = dict(os.environ, VMR_CACHE=str(cache), OMP_NUM_THREADS="1")
-    r = subprocess.run([sys.executable, "-m", "vmr.mgsv", "--out", str(out), "--source", server.url + "/"],
-                       cwd=REPO, env=env, capture_output=True, text=True, timeout=120)
+    r = subprocess.run([sys.executable, "-m", "vmr.mgsv", "--out", str(out), "--source", server.url + "/", "--epochs", "1",
+                        "--threads", "1"], cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
     assert r.returncode == 1, r.stderr
     archive = cache / "mgsv" / "MGSV_feature.zip"
     assert f"{archive}:{ROOT}/vit_feature1/vit_feature/{MISSING}.pt: missing" in r.stderr.splitlines()
@@ -145,9 +145,25 @@ def test_fetch_from_server_convert_resume_and_tampered_cache(release, server, tm
         Path(path).name: (len(data), hashlib.sha256(data).hexdigest()) for path, data in files.items()}
     assert manifest["MGSV_feature.zip"]["url"] == f"{server.url}/MGSV_feature.zip"
 
+    # trained, tested and reported end to end: the report puts MaDe's published row beside both models
+    page = (out / "report.html").read_text()
+    assert "MaDe (published: Xin et al., ICCV 2025)" in page and "<td>8.8</td><td>16.3</td><td>19.8</td><td>0.722</td>" in page
+    for model in ("vmnet", "transformer"):
+        m = json.loads((out / model / "metrics.json").read_text())
+        queries = json.loads((out / model / "retrieval.json").read_text())["queries"]
+        assert m["gallery"] == 2 and m["queries"] == 2 and m["library"]["R@1"] in (0, 0.5, 1)
+        assert [q["gt"] for q in queries] == [T1, T3] and [q["moment"] for q in queries] == [[0.0, 15.0], [210.0, 240.0]]
+        # a hand count from the answers: R@1 is the share of queries whose first track is theirs; mIoU the mean IoU
+        # of the moment found on the true track (clipped to it) with the true moment
+        assert m["library"]["R@1"] == np.mean([q["top"][0]["id"] == q["gt"] for q in queries])
+        ious = [max(0, min(f[1], g[1]) - max(f[0], g[0])) / (max(f[1], g[1]) - min(f[0], g[0]))
+                for q in queries for f, g in [(q["found"], q["moment"])]]
+        assert m["library"]["mIoU"] == pytest.approx(np.mean(ious))
+        assert m["baselines"]["library_chance"]["R@1"] == 0.5
+
     # rerun: nothing downloaded, nothing converted again, the same failure reported
     before, requests = snapshot(out), len(server.requests)
-    assert mgsv.main(["--out", str(out), "--source", server.url, "--cache", str(cache / "mgsv")]) == 1
+    assert mgsv.main(["--out", str(out), "--source", server.url, "--cache", str(cache / "mgsv"), "--convert_only"]) == 1
     err = capsys.readouterr().err
     assert "audio: 0 converted, 3 already done, 0 failed" in err and "video: 0 converted, 7 already done, 1 failed" in err
     assert len(server.requests) == requests
@@ -157,7 +173,7 @@ def test_fetch_from_server_convert_resume_and_tampered_cache(release, server, tm
     tampered = bytearray(archive.read_bytes())
     tampered[-1] ^= 1
     archive.write_bytes(bytes(tampered))
-    assert mgsv.main(["--out", str(out), "--source", server.url, "--cache", str(cache / "mgsv")]) == 1
+    assert mgsv.main(["--out", str(out), "--source", server.url, "--cache", str(cache / "mgsv"), "--convert_only"]) == 1
     err = capsys.readouterr().err.strip().splitlines()[-1]
     assert err.startswith(f"error: {archive}: sha256 {hashlib.sha256(tampered).hexdigest()} ")
     assert f"differs from {manifest['MGSV_feature.zip']['sha256']}" in err
@@ -166,14 +182,15 @@ def test_fetch_from_server_convert_resume_and_tampered_cache(release, server, tm
 def test_local_folder_is_read_by_the_same_code(release, tmp_path, capsys):
     folder, _ = release
     out = tmp_path / "out"
-    assert mgsv.main(["--out", str(out), "--source", str(folder), "--dtype", "float16", "--cache", str(tmp_path / "c")]) == 1
+    assert mgsv.main(["--out", str(out), "--source", str(folder), "--dtype", "float16", "--cache", str(tmp_path / "c"),
+                      "--convert_only"]) == 1
     err = capsys.readouterr().err
     assert f"{folder / ROOT}/vit_feature1/vit_feature/{MISSING}.pt: missing" in err.splitlines()
     assert err.splitlines()[-1] == "1 failed" and not (tmp_path / "c").exists()  # nothing fetched
     check_data(out / "data", video_dtype=np.float16)
     # another dtype into the same folder would mix features: refused before any work
     before = snapshot(out)
-    assert mgsv.main(["--out", str(out), "--source", str(folder)]) == 1
+    assert mgsv.main(["--out", str(out), "--source", str(folder), "--convert_only"]) == 1
     err = capsys.readouterr().err.strip().splitlines()[-1]
     assert err.startswith(f"error: {out / 'data' / 'video'}: made with {{") and err.endswith("use another --out")
     assert snapshot(out) == before

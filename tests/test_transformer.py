@@ -8,7 +8,7 @@ import torch
 from scipy.stats import binom
 
 from transformer import train
-from transformer.data import cut_parts, encode_timeline, load_items, make_item, split_parts, training_ids
+from transformer.data import cut_parts, encode_timeline, load_items, make_item, split_parts
 from transformer.losses import aligned_matrix, flow_triplet_losses, second_loss
 from transformer.model import SegmentEncoder, SegmentTransformer
 from transformer.scorer import TransformerScorer, load
@@ -69,11 +69,22 @@ def test_load_items_skips_missing_ids_or_segments_them_from_features(tmp_path, c
     assert [it.id for it in items] == ["pair00000", "pair00001"] and items[1].video_parts[-1, 1] == len(items[1].video)
 
 
-def test_training_ids_refuse_test_ids(tmp_path):
-    (tmp_path / "train.csv").write_text("ID\na\nb\n")
-    (tmp_path / "test.csv").write_text("ID\nb\nc\n")
+def test_training_split_refuses_test_ids_and_takes_a_published_validation_split(tmp_path):
+    from vmr.training import training_split
+
+    (tmp_path / "train.csv").write_text("ID\na\nb\nc\nd\n")
+    (tmp_path / "test.csv").write_text("ID\nb\ne\n")
+    (tmp_path / "val.csv").write_text("ID\nf\ng\n")
+    args = train.build_parser().parse_args(["--train_data_dir", str(tmp_path), "--train_csv_path", str(tmp_path / "train.csv"),
+                                            "--test_csv_path", str(tmp_path / "test.csv")])
     with pytest.raises(ValueError, match="1 ids are in both"):
-        training_ids(tmp_path / "train.csv", tmp_path / "test.csv")
+        training_split(args)
+    (tmp_path / "test.csv").write_text("ID\ne\n")
+    args.val_csv_path = str(tmp_path / "val.csv")
+    assert training_split(args) == (["a", "b", "c", "d"], ["f", "g"])  # the published split, not a share of train
+    (tmp_path / "val.csv").write_text("ID\ne\n")
+    with pytest.raises(ValueError, match="1 ids are in both"):
+        training_split(args)
 
 
 def test_buckets_lay_every_second_once_and_padding_never_changes_an_output():

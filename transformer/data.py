@@ -15,7 +15,7 @@ import torch
 from tqdm import tqdm
 
 from feature_extraction.flowProcessor import feature_trajectory, rank_segments, read_ranks_csv
-from vmr.data import bad_id_reason, check_overlap, load_pair, read_ids, read_moments
+from vmr.data import bad_id_reason, load_pair, read_moments
 from vmr.splits import LazyRows, Split, is_split
 from vmr.segments import MIN_SECONDS, N_BKPS, change_points, music_segments
 
@@ -150,14 +150,6 @@ def load_items(data_dir, ids, flow_ranks=None, segments_from="ranks", max_seq_le
     if not items:
         raise ValueError(f"{data_dir}: no usable id out of {len(ids)}")
     return items
-
-
-def training_ids(train_csv, test_csv=None):
-    """The train CSV's ids; an overlap with the test CSV raises (vmr.data.check_overlap)."""
-    train_ids = read_ids(train_csv)
-    if test_csv is not None:
-        check_overlap(train_ids, read_ids(test_csv))
-    return train_ids
 
 
 @dataclass

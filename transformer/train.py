@@ -19,15 +19,15 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from transformer.data import collate, encode_timeline, item_rows, load_items, training_ids
+from transformer.data import collate, encode_timeline, item_rows, load_items
 from transformer.losses import aligned_matrix, flow_triplet_losses, pairing_loss, pooled, second_loss
 from transformer.model import SegmentTransformer
 from transformer.scorer import RERANK, TransformerScorer
-from vmr.data import check_dims, data_groups, feature_names, load_gallery
+from vmr.data import check_dims, feature_names, load_gallery, read_ids
 from vmr.metrics import selection_key
 from vmr.runs import check_resume_flags, feature_provenance, prepare_run_dir
 from vmr.scorer import gallery_recall
-from vmr.training import param_groups, plain_args, save_checkpoint, split_validation, write_log
+from vmr.training import param_groups, plain_args, save_checkpoint, training_split, write_log
 
 LOG_COLUMNS = ["epoch", "train_loss", "val_scoring", "val_R@1", "val_R@10", "val_MedR", "val_pooled_R@1", "val_aligned_R@1",
                "seconds", "inter_loss",
@@ -35,7 +35,7 @@ LOG_COLUMNS = ["epoch", "train_loss", "val_scoring", "val_R@1", "val_R@10", "val
 # flags that define the run (epochs too: the cosine schedule ends at the last); output paths and --resume may change
 RUN_FLAGS = ["embed_dim", "num_heads", "num_layers", "ff_dim", "dropout", "smooth", "init", "max_seq_len", "batch_size",
              "lr", "warmup", "schedule", "epochs", "weight_decay", "loss", "temperature", "margin", "top_k", "flow_margin",
-             "flow_k", "lambda1", "lambda_aligned", "lambda_pooled", "lambda2", "lambda3", "scoring", "val_fraction", "seed",
+             "flow_k", "lambda1", "lambda_aligned", "lambda_pooled", "lambda2", "lambda3", "scoring", "val_fraction", "val_csv_path", "seed",
              "max_seconds", "n_bkps", "min_seconds", "segments_from"]
 
 
@@ -97,6 +97,7 @@ def build_parser():
                        help="track score that selects best.pt and heads test.py's table; auto: whichever of the two has the "
                             "better validation key at each epoch, recorded in best.pt (default auto)")
     train.add_argument("--val_fraction", type=float, default=0.1, help="seeded share of the train ids that selects best.pt (default 0.1; 0 = best is last)")
+    train.add_argument("--val_csv_path", default=None, help="CSV of validation ids (a published validation split) instead of --val_fraction (default: none)")
     train.add_argument("--seed", type=int, default=0, help="seed of the split, initialisation, shuffling, dropout and triplet sampling (default 0)")
     train.add_argument("--device", default="cpu", help="cpu or cuda (default cpu)")
     train.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
@@ -248,8 +249,7 @@ def run(args):
     if device.type == "cpu":
         torch.use_deterministic_algorithms(True)
     save_dir = prepare_run_dir(args.save_dir, args.resume, args.overwrite)
-    ids = training_ids(args.train_csv_path, args.test_csv_path)
-    train_ids, val_ids = split_validation(ids, args.val_fraction, args.seed, data_groups(args.train_data_dir))
+    train_ids, val_ids = training_split(args)
     load = dict(flow_ranks=args.flow_ranks, segments_from=args.segments_from, max_seq_len=args.max_seq_len,
                 max_seconds=args.max_seconds, n_bkps=args.n_bkps, min_seconds=args.min_seconds)
     train_items = load_items(args.train_data_dir, train_ids, **load)
@@ -258,7 +258,7 @@ def run(args):
     val = load_gallery(args.train_data_dir, [it.id for it in val_items], dims, "validation features") if val_items else None
     val_boundaries = [[int(p[0]) for p in it.video_parts] + [int(it.video_parts[-1][1])] for it in val_items]
     if args.test_csv_path:  # a test set of another width fails now, not after training
-        check_dims(args.test_data_dir or args.train_data_dir, training_ids(args.test_csv_path), dims)
+        check_dims(args.test_data_dir or args.train_data_dir, read_ids(args.test_csv_path), dims)
     if len(train_items) < 2:
         raise ValueError(f"{args.train_csv_path}: need at least 2 usable training videos, got {len(train_items)}")
     n_parts = sum(len(it.video_parts) for it in train_items)

@@ -31,11 +31,11 @@ from vmnet.losses import vmnet_loss
 from vmnet.model import VMNet, init_from_cca
 from vmnet.scorer import VMNetScorer
 from vmr.baselines import CCA, tuned_cca
-from vmr.data import check_dims, check_overlap, data_groups, feature_names, load_gallery, load_sequences, read_ids
+from vmr.data import check_dims, feature_names, load_gallery, load_sequences, read_ids
 from vmr.metrics import selection_key
 from vmr.runs import check_resume_flags, feature_provenance, prepare_run_dir
 from vmr.scorer import gallery_recall
-from vmr.training import param_groups, plain_args, save_checkpoint, split_validation, write_log
+from vmr.training import param_groups, plain_args, save_checkpoint, training_split, write_log
 
 PRESETS = {
     "tuned": {"init": "cca", "margin": 0.2, "top_k": 10, "lr": [1e-3, 3e-4], "dropout": 0.5, "weight_decay": 1e-2, "crop": [0.1, 0.3],
@@ -52,7 +52,7 @@ LOG_COLUMNS = ["epoch", "lr_index", "train_loss", "val_R@1", "val_R@10", "val_Me
 # flags that define the run; the rest (paths to outputs, epochs, resume) may change on --resume
 RUN_FLAGS = ["preset", "init", "margin", "top_k", "lr", "dropout", "weight_decay", "crop", "batch_size", "patience", "standardize",
              "lr_decay", "lr_decay_steps", "loss_weights", "num_layers_music", "num_layers_video", "embed_dim",
-             "val_fraction", "max_seconds", "seed"]
+             "val_fraction", "val_csv_path", "max_seconds", "seed"]
 
 
 def parse_args(argv=None):
@@ -88,6 +88,7 @@ def parse_args(argv=None):
     p.add_argument("--num_layers_video", type=int, default=2, help="layers of the video branch (default 2, the paper's)")
     p.add_argument("--embed_dim", type=int, default=512, help="joint embedding size (default 512, the paper's)")
     p.add_argument("--val_fraction", type=float, default=0.1, help="seeded fraction of the train CSV held out for selection (default 0.1; 0: best = last epoch)")
+    p.add_argument("--val_csv_path", help="CSV of validation ids (a published validation split) instead of --val_fraction (default: none)")
     p.add_argument("--max_seconds", type=int, help="use only the first N seconds of every item (default: all)")
     p.add_argument("--seed", type=int, default=0, help="seed of the split, initialisation, shuffling, crops and dropout (default 0)")
     p.add_argument("--resume", action="store_true", help="continue from SAVE_DIR/last.pt; ends with the same result as an uninterrupted run")
@@ -163,10 +164,7 @@ def train(args):
     if device.type == "cpu":
         torch.use_deterministic_algorithms(True)
     save_dir = prepare_run_dir(args.save_dir, args.resume, args.overwrite)
-    ids = read_ids(args.train_csv_path)
-    if args.test_csv_path:
-        check_overlap(ids, read_ids(args.test_csv_path))
-    train_ids, val_ids = split_validation(ids, args.val_fraction, args.seed, data_groups(args.train_data_dir))
+    train_ids, val_ids = training_split(args)
     train_ids, train_v, train_a = load_sequences(args.train_data_dir, train_ids, args.max_seconds, None, "train features")
     if len(train_ids) < 2:
         raise ValueError(f"{args.train_csv_path}: need at least 2 training ids, got {len(train_ids)}")

@@ -1,6 +1,15 @@
-"""MGSV-EC (Music Grounding by Short Video, ICCV 2025): fetch the public release and convert it to a data folder.
+"""MGSV-EC (Music Grounding by Short Video, ICCV 2025): fetch the public release, convert it to a data folder, train
+and test both models on it, and write the report beside the published results.
 
-    python -m vmr.mgsv --out mgsv [--source URL|FOLDER] [--splits train val test] [--dtype float32|float16]
+    python -m vmr.mgsv --out mgsv [--source URL|FOLDER] [--epochs N] [--device cuda] [--convert_only]
+
+Train and test. After the conversion, VM-NET (vmnet/train.py) and the segment Transformer (transformer/train.py,
+video segments cut where the CLIP rows change: the release has no optical flow) train on the train split and
+choose everything on the published val split (--val_csv_path), then test.py ranks the test split's 2,000 query
+videos against its unique whole tracks, with moment search, the tuned baselines and chance, under MGSV-EC's
+metrics (vmr.moments; R@K over unique tracks, mIoU on the true track, MoR@K at IoU > 0.7). Each command is printed
+before it runs; a rerun resumes the trainings (--resume) and tests again. OUT/report.html shows both models, their
+baselines and chance beside every published row (OUT/published.json, with its source).
 
 Fetch. The annotation CSVs `dataset/MGSV-EC/{train,val,test}_data.csv` and the feature archive
 `MGSV_feature.zip` are downloaded from --source (default: the HF dataset xxayt/MGSV-EC; the paths are taken
@@ -493,6 +502,46 @@ def convert(csvs, release, out, dtype="float32"):
     return failed, skipped
 
 
+def published_rows():
+    """The published table as report rows: metric keys of vmr.moments.library_metrics, fractions."""
+    keys = {"r1": "R@1", "r5": "R@5", "r10": "R@10", "mor1": "MoR@1 IoU>0.7", "mor10": "MoR@10 IoU>0.7", "mor100": "MoR@100 IoU>0.7"}
+    return [{"name": row.model, "source": "Xin et al., ICCV 2025", "mIoU": row.miou,
+             **{key: None if getattr(row, field) is None else getattr(row, field) / 100 for field, key in keys.items()}}
+            for row in PUBLISHED]
+
+
+MODEL_NAMES = {"vmnet": "VM-NET", "transformer": "Transformer"}
+
+
+def run_models(out, models, epochs=None, threads=None, device="cpu", seed=0):
+    """Train each model on OUT/data (validation: the published val split), test it, and write OUT/report.html with the
+    published rows. Each command is printed, then run as its own process; returns the number that failed."""
+    import subprocess
+
+    repo = Path(__file__).resolve().parents[1]
+    data = (out / "data").resolve()
+    common = ["--train_data_dir", data, "--train_csv_path", data / "train.csv", "--val_csv_path", data / "val.csv",
+              "--test_csv_path", data / "test.csv", "--device", device, "--seed", seed, "--resume"]
+    common += (["--epochs", epochs] if epochs else []) + (["--threads", threads] if threads else [])
+    extra = {"vmnet": [], "transformer": ["--segments_from", "features"]}
+    failed, runs = 0, []
+    for model in models:
+        argv = [sys.executable, f"{model}/train.py", *common, *extra[model], "--save_dir", (out / model).resolve()]
+        print("$ " + " ".join(map(str, argv[1:])), flush=True)
+        if subprocess.run(list(map(str, argv)), cwd=repo).returncode:
+            print(f"{model}/train.py failed (see above)", file=sys.stderr)
+            failed += 1
+            continue
+        runs += ["--run", f"{MODEL_NAMES[model]}={(out / model).resolve()}"]
+    if runs:
+        write_json(out / "published.json", published_rows())
+        argv = [sys.executable, "-m", "vmr.report", *runs, "--published", (out / "published.json").resolve(),
+                "--out", (out / "report.html").resolve(), "--title", "MGSV-EC test split"]
+        print("$ " + " ".join(map(str, argv[1:])), flush=True)
+        failed += subprocess.run(list(map(str, argv)), cwd=repo).returncode != 0
+    return failed
+
+
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
     p.add_argument("--out", type=Path, default=Path(DEFAULT_OUT),
@@ -507,6 +556,13 @@ def parse_args(argv=None):
                    help="download cache with manifest.json (default: $VMR_CACHE/mgsv, else ~/.cache/vmr/mgsv)")
     p.add_argument("--download_only", action="store_true",
                    help="fetch and check the files, convert nothing (e.g. on a login node before a Slurm job)")
+    p.add_argument("--convert_only", action="store_true", help="fetch and convert; train and test nothing")
+    p.add_argument("--models", nargs="+", choices=("vmnet", "transformer"), default=["vmnet", "transformer"],
+                   help="models to train and test")
+    p.add_argument("--epochs", type=int, help="training epochs of both models (default: each model's own)")
+    p.add_argument("--device", default="cpu", help="cpu or cuda, for training and testing")
+    p.add_argument("--threads", type=int, help="torch CPU threads (default: torch's choice)")
+    p.add_argument("--seed", type=int, default=0, help="training seed of both models")
     return p.parse_args(argv)
 
 
@@ -526,6 +582,9 @@ def main(argv=None):
         print(f"error: {e}", file=sys.stderr)
         return 1
     print(f"data folder: {args.out / 'data'}")
+    if not args.convert_only and set(args.splits) == set(SPLITS):
+        failed += run_models(args.out, args.models, args.epochs, args.threads, args.device, args.seed)
+        print(f"report: {args.out / 'report.html'}")
     if failed:
         print(f"{failed} failed", file=sys.stderr)
     return 1 if failed else 0

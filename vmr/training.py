@@ -34,6 +34,24 @@ def split_validation(ids, fraction, seed, groups=None):
     return [v for i, v in enumerate(ids) if i not in val], [v for i, v in enumerate(ids) if i in val]
 
 
+def training_split(args):
+    """(train ids, validation ids) of a train.py run: the train CSV's ids, with --val_csv_path's ids (a published
+    validation split, e.g. MGSV-EC's) or a seeded, group-aware --val_fraction of them (DATA/groups.csv) held out.
+    An id of the test CSV in either is an error; so is one in both."""
+    from vmr.data import check_overlap, data_groups, read_ids
+
+    ids = read_ids(args.train_csv_path)
+    if args.test_csv_path:
+        check_overlap(ids, read_ids(args.test_csv_path))
+    if not args.val_csv_path:
+        return split_validation(ids, args.val_fraction, args.seed, data_groups(args.train_data_dir))
+    val_ids = read_ids(args.val_csv_path)
+    check_overlap(ids, val_ids)
+    if args.test_csv_path:
+        check_overlap(val_ids, read_ids(args.test_csv_path))
+    return ids, val_ids
+
+
 def save_checkpoint(path, state):
     """torch.save into a temp file renamed onto PATH (a killed run never leaves half a checkpoint)."""
     with atomic_path(path) as tmp:
