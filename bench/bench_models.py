@@ -14,9 +14,14 @@ regime also MoR@1) the paired bootstrap 95% interval of the difference over the 
 (vmr.moments.paired_bootstrap_hits): a gain is claimed only where the interval excludes 0. The table is also
 drawn as bench/models.png.
 
+The MGSV-EC estimate (BENCH_MODELS_MGSV=1): both models trained for two epochs and tested on a generated library
+of MGSV-EC's shapes (512-d CLIP video rows, 768-d AST music rows, 6-50 s videos, tracks about 140 s long); the
+measured seconds per training video and epoch, and per (query, track) pair of the test, give the time of one
+epoch on MGSV-EC's 49,194 training videos and of its test (2,000 queries against 2,000 tracks) on this machine.
+
 Sizes: BENCH_MODELS_N (videos, default 1000), BENCH_MODELS_TEST (test videos, 250), BENCH_MODELS_SEEDS (0,1,2),
 BENCH_MODELS_SETTINGS (meanpool:walk,trajectory:walk,library:walk,library:oscillation,library:switching),
-BENCH_MODELS_THREADS (2).
+BENCH_MODELS_THREADS (2), BENCH_MODELS_MGSV (1).
 """
 import csv
 import json
@@ -119,6 +124,32 @@ def summary(runs, library):
     return {"table": table, "comparisons": comparisons}
 
 
+MGSV_TRAIN, MGSV_QUERIES, MGSV_TRACKS = 49194, 2000, 2000
+
+
+def mgsv_estimate(threads, root, n=600, n_test=150):
+    """Seconds per training video and epoch and per test (query, track) pair on MGSV-EC-shaped data, and what they
+    make of one epoch and of the test on MGSV-EC itself."""
+    from vmr.synthetic import Settings, generate, write_dataset
+
+    data = root / "mgsv_shaped"
+    settings = Settings(n=n, regime="library", video_dim=512, audio_dim=768, min_len=6, max_len=50, track_extra=(90, 140))
+    write_dataset(data, generate(settings), n_test, settings)
+    out = {"videos": n, "test_queries": n_test}
+    for model, extra in (("vmnet", []), ("transformer", ["--segments_from", "features"])):
+        training = train(f"{model}/train.py", data, data / model, threads, "--epochs", 2, *extra)
+        n_train = len((data / "train.csv").read_text().split()) - 1
+        test_seconds, _ = tool(f"{model}/test.py", "--checkpoint", data / model / "best.pt", "--test_data_dir", data,
+                               "--test_csv_path", data / "test.csv", "--out", data / model / "eval" / "metrics.json",
+                               "--threads", threads, *extra)
+        tracks = json.loads((data / model / "eval" / "metrics.json").read_text())["gallery"]
+        per_video, per_pair = training["seconds_per_epoch"] / n_train, test_seconds / (n_test * tracks)
+        out[model] = {"seconds_per_training_video_epoch": round(per_video, 5), "test_seconds": round(test_seconds, 1),
+                      "test_seconds_per_pair": round(per_pair, 7), "mgsv_epoch_hours": round(per_video * MGSV_TRAIN / 3600, 2),
+                      "mgsv_test_hours": round(per_pair * MGSV_QUERIES * MGSV_TRACKS / 3600, 2), **training}
+    return out
+
+
 def table_png(result, path):
     """Each setting's mean R@1 (and MoR@1) with the std over seeds, as an image."""
     from matplotlib.figure import Figure
@@ -158,6 +189,8 @@ def run():
                                "tracks": runs[0]["tracks"], "summary": summary(runs, regime == "library"),
                                "runs": [{k: r[k] for k in ("training", "transformer_scoring", "baseline_settings")} for r in runs]}
             print(json.dumps({setting: result[setting]["summary"]["comparisons"]}), file=sys.stderr, flush=True)
+        if os.environ.get("BENCH_MODELS_MGSV", "1") != "0":
+            result["mgsv_estimate"] = mgsv_estimate(threads, root)
     finally:
         shutil.rmtree(root, ignore_errors=True)
     table_png(result, Path(__file__).with_name("models.png"))

@@ -14,6 +14,7 @@ from transformer.model import SegmentEncoder, SegmentTransformer
 from transformer.scorer import TransformerScorer, load
 from vmr.data import paired_gallery
 from vmr.evaluation import evaluate
+from vmr.moments import exact_moment_scores
 from vmr.scorer import AlignedScoring, pack_sequences, score_rows
 from vmr.baselines import tuned_aligned_linear
 from vmr.synthetic import Settings, generate, write_dataset
@@ -170,8 +171,15 @@ def test_aligned_scores_mean_the_common_seconds_in_training_and_evaluation():
     np.testing.assert_allclose(aligned_matrix(pad(video), pad(audio), torch.tensor(lengths).float()).numpy(), expected, atol=1e-6)
     queries, library = {"seq": video}, pack_sequences(audio)
     rows, cols = np.array([0, 2, 1]), np.array([1, 0, 1])
-    np.testing.assert_allclose(AlignedScoring().pair_scores(queries, library, rows, cols), expected[rows, cols], atol=1e-6)
-    np.testing.assert_allclose(AlignedScoring().all_scores(queries, library, block=2), expected, atol=1e-6)
+    scores, offsets = AlignedScoring().pair_scores(queries, library, rows, cols)
+    np.testing.assert_allclose(scores, expected[rows, cols], atol=1e-6)
+    assert offsets.tolist() == [0, 0, 0]  # these tracks are not longer than their queries: one offset, the same score
+    # the full grid searches every offset where the track is the longer (query 1, 3 s, in tracks of 5 and 4 s)
+    searched = np.stack([exact_moment_scores(v, audio)[0] for v in video])
+    np.testing.assert_allclose(AlignedScoring().all_scores(queries, library, block=2), searched, atol=1e-6)
+    shorter = np.array([[len(a) <= len(v) for a in audio] for v in video])
+    np.testing.assert_allclose(searched[shorter], expected[shorter], atol=1e-6)
+    assert (searched[~shorter] >= expected[~shorter]).all() and (searched[~shorter] > expected[~shorter]).any()
 
 
 def test_flow_triplets_skip_single_segment_videos_and_self_pairs():

@@ -54,7 +54,7 @@ def score_blocks(v2m, gt, groups, what, with_ranks=True):
 def rank_gallery(scorer, gallery, groups=None, what=None, boundaries=None, track_paths=None, with_ranks=False):
     """One scorer on a test gallery, through the code retrieve.py runs: {"blocks": both directions,
     "library_metrics": MGSV-EC's metrics (R@K over unique tracks, mIoU, MoR@K), "answers": (indices, scores, their
-    moments, the moment found on the true track) of each query's ANSWERS best, "queries", "library", "scores"}."""
+    moments, the moment found on the true track) of each query's ANSWERS best, "queries", "library"}."""
     what = what or f"{scorer.name} (test)"
     library = embed_library(scorer, gallery.track_rows, track_paths)
     queries = embed_query_set(scorer, gallery.videos, boundaries)
@@ -65,13 +65,12 @@ def rank_gallery(scorer, gallery, groups=None, what=None, boundaries=None, track
     found = moments(scorer, queries, library, np.repeat(np.arange(n), width), idx.ravel()).reshape(n, width, 2)
     on_truth = moments(scorer, queries, library, np.arange(n), gallery.gt)
     lengths = library["seconds"][gallery.gt]
-    library_block = moments_metrics.library_metrics(
-        blocks["video_to_music"].get("ranks", M.gt_ranks(scores, groups=groups, gt=gallery.gt)), gallery.moments, on_truth,
-        idx, found, gallery.gt, lengths)
+    ranks = blocks["video_to_music"]["ranks"] if with_ranks else M.gt_ranks(scores, groups=groups, gt=gallery.gt)
+    library_block = moments_metrics.library_metrics(ranks, gallery.moments, on_truth, idx, found, gallery.gt, lengths)
     if with_ranks:
         library_block["ious"] = [round(float(x), 4) for x in moments_metrics.iou(on_truth, gallery.moments, lengths)]
     return {"blocks": blocks, "library_metrics": library_block, "answers": (idx, top, found, on_truth), "queries": queries,
-            "library": library, "scores": scores}
+            "library": library}
 
 
 def scorer_block(scorer, gallery, groups, what, boundaries=None, track_paths=None):

@@ -202,9 +202,8 @@ def load_index(index_path, scorer, script):
     if meta.get("checkpoint_sha256") != scorer.checkpoint_sha256:
         raise RetrievalError(f"{index_path} was built with checkpoint sha256 {str(meta.get('checkpoint_sha256'))[:12]}..., "
                              f"this checkpoint is {str(scorer.checkpoint_sha256)[:12]}...; rebuild it with --build_index")
-    for key in ("music",):  # scorer settings that change the stored vectors
-        if key in meta and meta[key] != scorer.record().get(key):
-            raise RetrievalError(f"{index_path} was built with --{key} {meta[key]}; query it with the same")
+    if meta.get("music") != scorer.record().get("music"):  # zero-shot: the track vectors the index stores
+        raise RetrievalError(f"{index_path} was built with --music {meta.get('music')}; query it with the same")
     if any(info.get("weights") == "random" for info in meta.get("features", {}).values()):
         print(f"warning: {index_path} holds features made with seeded random weights (tests and demos only)", file=sys.stderr)
     return [str(i) for i in library.pop("ids")], library, meta
