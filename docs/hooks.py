@@ -42,6 +42,7 @@ COMMANDS = (
     ("vmr/report.py", "python -m vmr.report"),
     ("vmr/demo.py", "python -m vmr.demo"),
     ("vmr/synthetic.py", "python -m vmr.synthetic"),
+    ("vmr/mgsv.py", "python -m vmr.mgsv"),
     ("vmnet/notebooks.py", "python -m vmnet.notebooks"),
     ("slurm/submit.py", "python slurm/submit.py"),
     ("slurm/records.py", "python slurm/records.py"),
@@ -53,6 +54,7 @@ COMMANDS = (
     ("bench/bench_vmnet.py", "python bench/bench_vmnet.py"),
     ("bench/bench_segments.py", "python bench/bench_segments.py"),
     ("bench/bench_scale.py", "python bench/bench_scale.py"),
+    ("bench/bench_moments.py", "python bench/bench_moments.py"),
     ("bench/gpu.py", "python bench/gpu.py"),
 )
 

@@ -94,8 +94,11 @@ def test_every_readme_command_runs(tmp_path, vmr_env):
     assert (tmp_path / "report.html").read_text().count("VM-NET") >= 1
     with np.load(tmp_path / "INDEX.npz") as index:
         assert len(index["ids"]) == 8
-    answer = outputs[-1]  # the query's table: rank, score, track, five rows of library tracks
-    ranked = re.findall(r"^\s*(\d+)\s+(-?\d\.\d+)\s+(clip\d\d)\s*$", answer, re.M)
+    answer = outputs[-1]  # the query's table: rank, score, moment start-end, track (seconds, source), five rows
+    ranked = re.findall(r"^\s*(\d+)\s+(-?\d\.\d+)\s+(\d+)-(\d+)\s+(clip\d\d)\s+\((\d+) s, (\S+)\)\s*$", answer, re.M)
     assert [int(r[0]) for r in ranked] == [1, 2, 3, 4, 5], answer
     scores = [float(r[1]) for r in ranked]
     assert scores == sorted(scores, reverse=True)
+    for _, _, start, end, track, seconds, source in ranked:  # the moment: the query's 2 s inside the whole track
+        assert 0 <= int(start) and int(end) - int(start) == min(2, int(seconds)) and int(end) <= int(seconds)
+        assert source.endswith(f"vggish/{track}.npy")
