@@ -109,33 +109,72 @@ def bench_models():
     return module
 
 
+# The rows of bench_models.py's first format (one run per regime, a "table" of both directions), which the recorded
+# run of 2026-11-30 in docs/bench/results.json has: the Transformer under each scoring.
+REGIME_ROWS = (("chance", "chance"), ("tuned CCA", "cca"), ("aligned linear", "aligned_linear"), ("VM-NET", "vmnet"),
+               ("Transformer pooled", "pooled"), ("Transformer aligned", "aligned"))
+
+
 def models_markdown(result):
-    """The tables of bench/bench_models.py's result: R@1, R@10 and MedR of every model and baseline per regime."""
-    rows = bench_models().ROWS
-    directions = ("video_to_music", "music_to_video")
+    """The tables of bench/bench_models.py's result, in either of its formats: per setting (regime:family over
+    seeds: mean ± std and the paired bootstrap intervals), or the first format's per regime."""
     lines = []
-    for regime, r in result.items():
-        if not isinstance(r, dict) or "table" not in r:
-            continue
-        settings = "; ".join(f"{name} ridge {s['ridge']:g}, d {s['dims']}" for name, s in
-                             (("CCA", r["baseline_settings"]["cca"]), ("aligned linear", r["baseline_settings"]["aligned_linear"])))
-        lines += [f"**{regime}** ({r['pairs']} pairs, whole test gallery of {r['test_gallery']}; baselines: {settings})", "",
-                  "| | v→m R@1 | v→m R@10 | v→m MedR | m→v R@1 | m→v R@10 | m→v MedR |", "|---|---|---|---|---|---|---|"]
-        for name, key in rows:
-            if key in r["table"]:
-                cells = [f"{r['table'][key][d][k]:.3f}" if k != "MedR" else f"{r['table'][key][d][k]:g}"
-                         for d in directions for k in ("R@1", "R@10", "MedR")]
-                lines.append(f"| {name} | " + " | ".join(cells) + " |")
-        ablation = r.get("ablation_no_flow_losses")
-        if ablation:
-            text = " / ".join(f"{s} R@1 {a['R@1']:.3f} R@10 {a['R@10']:.3f}" for s, a in sorted(ablation.items()))
-            lines.append(f"| Transformer without flow-rank losses | {text} | | | | | |")
-        lines.append("")
-        for name, t in r["training"].items():
-            lines.append(f"- {name}: {t['train_seconds']} s wall, {t['epochs']} epochs, {t['seconds_per_epoch']} s/epoch, "
-                         f"peak RSS {t['peak_rss_mib']} MiB")
-        lines.append("")
+    for name, r in result.items():
+        if isinstance(r, dict) and "summary" in r:
+            lines += setting_markdown(name, r, bench_models().ROWS)
+        elif isinstance(r, dict) and "table" in r:
+            lines += regime_markdown(name, r)
     return "\n".join(lines)
+
+
+def setting_markdown(name, r, rows):
+    """One setting of the current format: each row's mean ± std over seeds, the comparisons, the training cost."""
+    table = r["summary"]["table"]
+    metrics = [m for m in ("R@1", "R@10", "mIoU", "MoR@1 IoU>0.7") if m in table["chance"]]
+    lines = [f"**{name}** ({r['queries']} test queries, {r['tracks']} tracks, seeds {', '.join(map(str, r['seeds']))}; "
+             "mean ± std over seeds, video → music)", "",
+             "| | " + " | ".join(metrics) + " |", "|---|" + "---|" * len(metrics)]
+    for label, key in rows:
+        if key in table:
+            lines.append(f"| {label} | " + " | ".join(f"{table[key][m]['mean']:.3f} ± {table[key][m]['std']:.3f}"
+                                                    for m in metrics) + " |")
+    lines.append("")
+    for comparison, c in r["summary"]["comparisons"].items():
+        verdict = "gain" if c["gain"] else "loss" if c["loss"] else "no difference shown"
+        lines.append(f"- {comparison}: {c['difference']:+.4f}, 95% interval [{c['interval95'][0]:.4f}, "
+                     f"{c['interval95'][1]:.4f}]: {verdict}")
+    for model in ("vmnet", "transformer"):
+        runs = [run["training"][model] for run in r.get("runs", []) if model in run.get("training", {})]
+        if runs:
+            lines.append(f"- {model} training, per seed: " + "; ".join(
+                f"{t['train_seconds']} s wall, {t['epochs']} epochs, {t['seconds_per_epoch']} s/epoch, peak RSS "
+                f"{t['peak_rss_mib']} MiB" for t in runs))
+    lines.append("")
+    return lines
+
+
+def regime_markdown(regime, r):
+    """One regime of the first format: R@1, R@10 and MedR of every model and baseline, both directions."""
+    directions = ("video_to_music", "music_to_video")
+    settings = "; ".join(f"{name} ridge {s['ridge']:g}, d {s['dims']}" for name, s in
+                         (("CCA", r["baseline_settings"]["cca"]), ("aligned linear", r["baseline_settings"]["aligned_linear"])))
+    lines = [f"**{regime}** ({r['pairs']} pairs, whole test gallery of {r['test_gallery']}; baselines: {settings})", "",
+             "| | v→m R@1 | v→m R@10 | v→m MedR | m→v R@1 | m→v R@10 | m→v MedR |", "|---|---|---|---|---|---|---|"]
+    for name, key in REGIME_ROWS:
+        if key in r["table"]:
+            cells = [f"{r['table'][key][d][k]:.3f}" if k != "MedR" else f"{r['table'][key][d][k]:g}"
+                     for d in directions for k in ("R@1", "R@10", "MedR")]
+            lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    ablation = r.get("ablation_no_flow_losses")
+    if ablation:
+        text = " / ".join(f"{s} R@1 {a['R@1']:.3f} R@10 {a['R@10']:.3f}" for s, a in sorted(ablation.items()))
+        lines.append(f"| Transformer without flow-rank losses | {text} | | | | | |")
+    lines.append("")
+    for name, t in r["training"].items():
+        lines.append(f"- {name}: {t['train_seconds']} s wall, {t['epochs']} epochs, {t['seconds_per_epoch']} s/epoch, "
+                     f"peak RSS {t['peak_rss_mib']} MiB")
+    lines.append("")
+    return lines
 
 
 SCALE_STAGES = {"prepare": "prepare (`--split_format mmap`)", "vmnet_train": "VM-NET training, 1 epoch",

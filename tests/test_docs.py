@@ -99,6 +99,24 @@ def test_benchmark_tables_are_rendered_from_the_json(site):
     assert "| Transformer aligned | 0.123 | 0.972 | 1 |" in table
     assert "- vmnet: 199.3 s wall, 137 epochs, 1.21 s/epoch, peak RSS 1176 MiB" in table
 
+    # the current format (settings over seeds), from bench_models.summary itself: two seeds of four queries
+    bench = hooks.bench_models()
+    ranks = {"vmnet": ([1, 1, 2, 3], [1, 2, 2, 3]), "transformer": ([1, 1, 1, 2], [1, 1, 1, 1]),
+             "cca": ([2, 2, 1, 3], [3, 2, 1, 1]), "aligned_linear": ([1, 2, 3, 3], [2, 2, 2, 1])}
+    runs = [{**{key: {"ranks": r[seed], "ious": [0.9, 0.8, 0.1, 0.75], "R@10": 1.0, "mIoU": 0.6} for key, r in ranks.items()},
+             "chance": {"R@1": 1 / 3, "R@10": 1.0, "mIoU": 0.5, "MoR@1 IoU>0.7": 0.1}} for seed in (0, 1)]
+    setting = {"regime": "library", "family": "walk", "seeds": [0, 1], "queries": 4, "tracks": 3,
+               "summary": bench.summary(runs, True),
+               "runs": [{"training": {"vmnet": {"train_seconds": 9.5, "epochs": 3, "seconds_per_epoch": 1.1, "peak_rss_mib": 700}}}]}
+    table = hooks.models_markdown({"library:walk": setting, "png": "bench/models.png"})
+    assert "**library:walk** (4 test queries, 3 tracks, seeds 0, 1;" in table
+    assert "| | R@1 | R@10 | mIoU | MoR@1 IoU>0.7 |" in table
+    # VM-NET R@1: 2/4 and 1/4 -> 0.375 ± 0.125; MoR@1 (rank 1 and IoU > 0.7): 2/4 and 1/4
+    assert "| VM-NET | 0.375 ± 0.125 | 1.000 ± 0.000 | 0.600 ± 0.000 | 0.375 ± 0.125 |" in table
+    assert "| chance | 0.333 ± 0.000 |" in table
+    assert "- transformer - cca (R@1): +0.5000, 95% interval [" in table
+    assert "- vmnet training, per seed: 9.5 s wall, 3 epochs, 1.1 s/epoch, peak RSS 700 MiB" in table
+
     scale = (site / "scale" / "index.html").read_text()
     assert "<!-- bench:" not in scale and "<td>1,293 MiB</td>\n<td>1,436 MiB</td>\n<td><strong>1.11</strong></td>" in scale
     assert "<td>Transformer segments, 1,200,000 x 64</td>\n<td>307 MB</td>" in scale
