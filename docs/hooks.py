@@ -124,7 +124,23 @@ def models_markdown(result):
             lines += setting_markdown(name, r, bench_models().ROWS)
         elif isinstance(r, dict) and "table" in r:
             lines += regime_markdown(name, r)
+    if "mgsv_estimate" in result:
+        lines += mgsv_markdown(result["mgsv_estimate"])
     return "\n".join(lines)
+
+
+def mgsv_markdown(r):
+    """bench_models.py's MGSV-EC estimate: measured per-item times on MGSV-EC-shaped data, scaled to MGSV-EC."""
+    lines = [f"**MGSV-EC estimate** (measured on {r['videos']} generated videos of MGSV-EC's shapes, {r['test_queries']} "
+             "test queries; scaled to 49,194 training videos and a test of 2,000 queries against 2,000 tracks)", ""]
+    for model in ("vmnet", "transformer"):
+        if model in r:
+            m = r[model]
+            lines.append(f"- {model}: one epoch on MGSV-EC about {m['mgsv_epoch_hours']:g} h "
+                         f"({m['seconds_per_training_video_epoch']:g} s per training video), its test about "
+                         f"{m['mgsv_test_hours']:g} h ({m['test_seconds_per_pair']:g} s per query-track pair)")
+    lines.append("")
+    return lines
 
 
 def setting_markdown(name, r, rows):

@@ -116,6 +116,10 @@ def test_benchmark_tables_are_rendered_from_the_json(site):
     assert "| chance | 0.333 ± 0.000 |" in table
     assert "- transformer - cca (R@1): +0.5000, 95% interval [" in table
     assert "- vmnet training, per seed: 9.5 s wall, 3 epochs, 1.1 s/epoch, peak RSS 700 MiB" in table
+    estimate = {"videos": 600, "test_queries": 150, "vmnet": {"seconds_per_training_video_epoch": 0.002, "test_seconds": 9.0,
+                "test_seconds_per_pair": 0.0004, "mgsv_epoch_hours": 0.03, "mgsv_test_hours": 0.44}}
+    table = hooks.models_markdown({"library:walk": setting, "mgsv_estimate": estimate})
+    assert "- vmnet: one epoch on MGSV-EC about 0.03 h (0.002 s per training video), its test about 0.44 h" in table
 
     scale = (site / "scale" / "index.html").read_text()
     assert "<!-- bench:" not in scale and "<td>1,293 MiB</td>\n<td>1,436 MiB</td>\n<td><strong>1.11</strong></td>" in scale
