@@ -583,3 +583,75 @@ def test_training_scripts_read_split_folders_when_present(script, tmp_path):
     assert argv[argv.index("--train_data_dir") + 1] == str(data / "train")
     assert argv[argv.index("--test_data_dir") + 1] == str(data / "test")
     assert argv[argv.index("--train_csv_path") + 1] == str(data / "train.csv")
+
+
+def run_with_stand_in(script, tmp_path, **variables):
+    """Run slurm/<script> outside Slurm with a stand-in interpreter: (exit status, train.py argv, records.py argv, stderr)."""
+    fake = tmp_path / "python"
+    fake.write_text(f"#!/bin/sh\necho \"$@\" >> {tmp_path / 'argv'}\n")  # the exit trap runs it again (records.py)
+    fake.chmod(0o755)
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("SLURM_", "VMR_"))}
+    env.update(VMR_PYTHON=str(fake), VMR_REPO=str(REPO), **variables)
+    r = subprocess.run(["bash", str(REPO / "slurm" / script)], env=env, capture_output=True, text=True)
+    lines = (tmp_path / "argv").read_text().splitlines()
+    (tmp_path / "argv").unlink()
+    train = next((line.split() for line in lines if "train.py" in line), None)
+    record = next(line.split() for line in lines if "records.py" in line)
+    return r.returncode, train, record, r.stderr
+
+
+def flag(argv, name):
+    return argv[argv.index(name) + 1] if name in argv else None
+
+
+@pytest.mark.parametrize("script", ["train_vmnet.sl", "train_transformer.sl"])
+def test_training_scripts_run_one_seed_per_array_task(script, tmp_path):
+    data, out, val = tmp_path / "data", tmp_path / "run", tmp_path / "data" / "val.csv"
+    common = dict(VMR_DATA=str(data), VMR_OUT=str(out))
+    code, plain, _, _ = run_with_stand_in(script, tmp_path, **common)  # without VMR_SEEDS: one run into VMR_OUT, as before
+    assert code == 0 and flag(plain, "--save_dir") == str(out) and "--seed" not in plain and "--val_csv_path" not in plain
+
+    seeds = dict(common, VMR_SEEDS="3 7", VMR_VAL=str(val), VMR_TASK_MIN="0", SLURM_ARRAY_JOB_ID="55")
+    for task, seed in enumerate((3, 7)):
+        code, argv, record, _ = run_with_stand_in(script, tmp_path, **seeds, SLURM_ARRAY_TASK_ID=str(task))
+        assert code == 0 and flag(argv, "--seed") == str(seed) and flag(argv, "--save_dir") == str(out / f"seed{seed}")
+        assert flag(argv, "--val_csv_path") == str(val) and "--resume" in argv
+        assert flag(argv, "--train_csv_path") == str(data / "train.csv") and argv[:2] == plain[:2]
+        assert flag(record, "--record") == str(out / ".slurm" / "55" / f"{task}.json")  # records stay in VMR_OUT
+
+    code, argv, record, err = run_with_stand_in(script, tmp_path, **seeds, SLURM_ARRAY_TASK_ID="2")
+    assert code == 2 and argv is None and flag(record, "--exit") == "2"
+    assert "task 2 (index 2): VMR_SEEDS has 2 seed(s) (3 7): submit an array of that size (sbatch --array=0-1)" in err
+
+
+def test_transformer_script_without_flow_ranks(tmp_path):
+    common = dict(VMR_DATA=str(tmp_path / "data"), VMR_OUT=str(tmp_path / "run"))
+    _, argv, _, _ = run_with_stand_in("train_transformer.sl", tmp_path, **common)
+    assert flag(argv, "--flow_ranks") == "features/flow/ranks.csv"  # unset: the default, as before
+    _, argv, _, _ = run_with_stand_in("train_transformer.sl", tmp_path, **common, VMR_RANKS="",
+                                      ARGS="--segments_from features")
+    assert "--flow_ranks" not in argv and argv[-2:] == ["--segments_from", "features"]
+
+
+def test_dry_run_with_seeds_shows_one_array(tmp_path):
+    data = tmp_path / "data"
+    (data / "video").mkdir(parents=True)
+    val = data / "val.csv"
+    val.write_text("ID\n")
+    out = tmp_path / "runs"
+    r = submit(os.environ, "--stage", "train_transformer", "--data", str(data), "--out", str(out), "--seeds", "0", "1",
+               "2", "--val", str(val), "--args", "--segments_from features", "--dry_run")
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.strip().endswith("sbatch --parsable --mem=4G --array=0-2 slurm/train_transformer.sl"), r.stdout
+    assert f"VMR_SEEDS='0 1 2' VMR_TASKS=3 VMR_TASK_MIN=0 VMR_VAL={val} VMR_RANKS='' " in r.stdout
+    assert not out.exists()
+    r = submit(os.environ, "--stage", "train_vmnet", "--data", str(data), "--out", str(out), "--dry_run")
+    assert "--array" not in r.stdout and "VMR_SEEDS" not in r.stdout and "VMR_RANKS" not in r.stdout
+
+    for extra, error in ((["--seeds", "1", "2", "1"], "--seeds: 1 given twice"),
+                         (["--seeds", "1", "2", "--args=--seed 5"], "--seeds and --seed in --args"),
+                         (["--seeds", "1", "--val", str(tmp_path / "nope.csv")], "nope.csv: no such validation CSV (--val)")):
+        r = submit(os.environ, "--stage", "train_vmnet", "--data", str(data), "--out", str(out), *extra, "--dry_run")
+        assert r.returncode != 0 and error in r.stderr, r.stderr
+    r = submit(os.environ, "--stage", "resnet", "--list", str(val), "--seeds", "0", "--dry_run")
+    assert r.returncode == 2 and "--seeds is for --stage train_transformer or train_vmnet" in r.stderr
