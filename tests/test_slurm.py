@@ -655,3 +655,37 @@ def test_dry_run_with_seeds_shows_one_array(tmp_path):
         assert r.returncode != 0 and error in r.stderr, r.stderr
     r = submit(os.environ, "--stage", "resnet", "--list", str(val), "--seeds", "0", "--dry_run")
     assert r.returncode == 2 and "--seeds is for --stage train_transformer or train_vmnet" in r.stderr
+
+
+def test_seed_array_trains_each_seed_into_its_own_run(cluster_env, tmp_path):
+    """A real array of 2 seeds, as on MGSV-EC: a published val split and no flow ranks.csv (--segments_from features)."""
+    import torch
+
+    from vmr.synthetic import Settings, generate, write_dataset
+
+    data = write_dataset(tmp_path / "data", generate(Settings(n=24, regime="library", video_dim=16, audio_dim=8)), 8)
+    ids = (data / "train.csv").read_text().split()[1:]
+    (data / "val.csv").write_text("ID\n" + "".join(f"{v}\n" for v in ids[:4]))
+    (data / "train.csv").write_text("ID\n" + "".join(f"{v}\n" for v in ids[4:]))
+    out = tmp_path / "runs"
+    r = submit(cluster_env, "--stage", "train_transformer", "--data", str(data), "--out", str(out), "--seeds", "5", "9",
+               "--val", str(data / "val.csv"), "--args", "--segments_from features --epochs 1", "--sbatch", SBATCH_OPTIONS,
+               "--wait", "--poll", "0.3")
+    assert r.returncode == 0, r.stdout + r.stderr
+    job = r.stdout.split()[0]
+    assert f"job {job} (train_transformer): 2 of 2 task(s) ok" in r.stdout
+    record = json.loads((out / ".slurm" / f"{job}.json").read_text())
+    assert record["tasks"] == [0, 1] and record["env"]["VMR_SEEDS"] == "5 9" and record["env"]["VMR_RANKS"] == ""
+    for task, seed in enumerate((5, 9)):
+        run = out / f"seed{seed}"
+        assert json.loads((run / "metrics.json").read_text())
+        args = torch.load(run / "best.pt", map_location="cpu", weights_only=False)["args"]
+        assert args["seed"] == seed and args["val_csv_path"] == str(data / "val.csv") and args["save_dir"] == str(run)
+        assert args["flow_ranks"] is None and args["segments_from"] == "features"  # VMR_RANKS='' reached the task
+        assert json.loads((out / ".slurm" / job / f"{task}.json").read_text())["exit"] == 0
+
+    task_record = out / ".slurm" / job / "1.json"  # seed 9 failed: a resubmission reruns task 1 alone, with seed 9
+    task_record.write_text(json.dumps(dict(json.loads(task_record.read_text()), exit=1)))
+    r = submit(cluster_env, "--out", str(out), "--resubmit_failed", job, "--dry_run")
+    assert r.returncode == 0 and "VMR_SEEDS='5 9' VMR_TASKS=2 VMR_TASK_MIN=0 " in r.stdout, r.stdout + r.stderr
+    assert r.stdout.strip().endswith("--array=1 slurm/train_transformer.sl"), r.stdout
