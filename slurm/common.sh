@@ -83,7 +83,8 @@ vmr_training_flags() {
         local seeds
         read -ra seeds <<< "$VMR_SEEDS"
         if [ "$TASK_INDEX" -lt 0 ] || [ "$TASK_INDEX" -ge "${#seeds[@]}" ]; then
-            echo "task $TASK (index $TASK_INDEX): VMR_SEEDS has ${#seeds[@]} seed(s) ($VMR_SEEDS): submit an array of that size (sbatch --array=0-$(( ${#seeds[@]} - 1 )))" >&2
+            echo "task $TASK (index $TASK_INDEX): VMR_SEEDS has ${#seeds[@]} seed(s) ($VMR_SEEDS): submit an array" \
+                "of that size (sbatch --array=0-$(( ${#seeds[@]} - 1 )))" >&2
             exit 2
         fi
         SAVE_DIR=$VMR_OUT/seed${seeds[$TASK_INDEX]}

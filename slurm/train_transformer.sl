@@ -19,8 +19,9 @@
 #   VMR_DATA   folder written by vmnet/prepare.py or vmr.mgsv: video/, audio/ (or train/, test/ split folders), train.csv, test.csv  [data/vmnet]
 #   VMR_RANKS  flowProcessor's ranks.csv (written by the features merge step); set but empty: no --flow_ranks, for
 #              --segments_from features in ARGS  [features/flow/ranks.csv]
-#   VMR_OUT    save dir: last.pt, best.pt, train_log.csv/.png, metrics.json (VMR_OUT/seed<SEED>/ with VMR_SEEDS)  [runs/transformer]
-#   VMR_SEEDS  space-separated seeds, one per array task (the array must have that many tasks)  [none: one run, train.py's seed]
+#   VMR_OUT    save dir: last.pt, best.pt, train_log.csv/.png, metrics.json (in VMR_OUT/seed<SEED>/ with VMR_SEEDS)
+#              [runs/transformer]
+#   VMR_SEEDS  space-separated seeds, one per array task (an array of that many tasks)  [none: one run, train.py's seed]
 #   VMR_VAL    CSV of validation ids (--val_csv_path, e.g. mgsv/data/val.csv)  [none: train.py's --val_fraction]
 #   DEVICE     cpu or cuda  [cuda when a GPU is allocated (sbatch --gres=gpu:1), else cpu]
 #   ARGS       more transformer/train.py flags, e.g. "--epochs 50 --segments_from features"  []
