@@ -82,6 +82,11 @@ vmr_training_flags() {
     if [ -n "${VMR_SEEDS:-}" ]; then
         local seeds
         read -ra seeds <<< "$VMR_SEEDS"
+        if [ -z "${SLURM_ARRAY_TASK_ID:-}" ] && [ "${#seeds[@]}" -gt 1 ]; then
+            echo "VMR_SEEDS has ${#seeds[@]} seeds ($VMR_SEEDS) but this is not an array task: submit it with" \
+                "sbatch --array=0-$(( ${#seeds[@]} - 1 )) (or python slurm/submit.py --seeds ...)" >&2
+            exit 2
+        fi
         if [ "$TASK_INDEX" -lt 0 ] || [ "$TASK_INDEX" -ge "${#seeds[@]}" ]; then
             echo "task $TASK (index $TASK_INDEX): VMR_SEEDS has ${#seeds[@]} seed(s) ($VMR_SEEDS): submit an array" \
                 "of that size (sbatch --array=0-$(( ${#seeds[@]} - 1 )))" >&2

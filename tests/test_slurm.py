@@ -612,6 +612,8 @@ def test_training_scripts_run_one_seed_per_array_task(script, tmp_path):
     code, argv, record, err = run_with_stand_in(script, tmp_path, **seeds, SLURM_ARRAY_TASK_ID="2")
     assert code == 2 and argv is None and flag(record, "--exit") == "2"
     assert "task 2 (index 2): VMR_SEEDS has 2 seed(s) (3 7): submit an array of that size (sbatch --array=0-1)" in err
+    code, argv, _, err = run_with_stand_in(script, tmp_path, **seeds)  # sbatch without --array
+    assert code == 2 and argv is None and "VMR_SEEDS has 2 seeds (3 7) but this is not an array task" in err
 
 
 def test_transformer_script_without_flow_ranks(tmp_path):
