@@ -73,6 +73,32 @@ trap 'vmr_record $?' EXIT
 trap 'vmr_record 143' TERM
 trap 'vmr_record 130' INT
 
+# The training stages: SAVE_DIR and TRAIN_FLAGS, the seed and validation flags of this task's train.py run.
+# With VMR_SEEDS="0 1 2" (submit.py --seeds; sbatch --array=0-2) array task i trains with --seed <i-th seed> into
+# $VMR_OUT/seed<SEED>/, so every seed resumes its own run; without it the job trains once into $VMR_OUT.
+# VMR_VAL is a CSV of validation ids (--val_csv_path, e.g. MGSV-EC's val.csv) instead of train.py's --val_fraction.
+vmr_training_flags() {
+    SAVE_DIR=$VMR_OUT TRAIN_FLAGS=()
+    if [ -n "${VMR_SEEDS:-}" ]; then
+        local seeds
+        read -ra seeds <<< "$VMR_SEEDS"
+        if [ -z "${SLURM_ARRAY_TASK_ID:-}" ] && [ "${#seeds[@]}" -gt 1 ]; then
+            echo "VMR_SEEDS has ${#seeds[@]} seeds ($VMR_SEEDS) but this is not an array task: submit it with" \
+                "sbatch --array=0-$(( ${#seeds[@]} - 1 )) (or python slurm/submit.py --seeds ...)" >&2
+            exit 2
+        fi
+        if [ "$TASK_INDEX" -lt 0 ] || [ "$TASK_INDEX" -ge "${#seeds[@]}" ]; then
+            echo "task $TASK (index $TASK_INDEX): VMR_SEEDS has ${#seeds[@]} seed(s) ($VMR_SEEDS): submit an array" \
+                "of that size (sbatch --array=0-$(( ${#seeds[@]} - 1 )))" >&2
+            exit 2
+        fi
+        SAVE_DIR=$VMR_OUT/seed${seeds[$TASK_INDEX]}
+        TRAIN_FLAGS+=(--seed "${seeds[$TASK_INDEX]}")
+        echo "task $TASK (index $TASK_INDEX of ${#seeds[@]} seeds): seed ${seeds[$TASK_INDEX]} into $SAVE_DIR"
+    fi
+    if [ -n "${VMR_VAL:-}" ]; then TRAIN_FLAGS+=(--val_csv_path "$VMR_VAL"); fi
+}
+
 # The extraction stages: this task's videos through extract.py, one decode pass for all FEATURES.
 vmr_extract() {
     vmr_task_inputs

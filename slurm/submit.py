@@ -2,11 +2,17 @@
 
     python slurm/submit.py --stage features --list videos.txt --out features --tasks 64 [--gpus 1] [--wait]
     python slurm/submit.py --out features --resubmit_failed 1234 [--wait]
+    python slurm/submit.py --stage train_vmnet --data data/vmnet --out runs/vmnet --seeds 0 1 2 [--val DATA/val.csv]
 
-Task i of N takes lines i, i+N, ... of the list (see slurm/common.sh). Weights are checked (and official
-ones downloaded) here, before submitting, because compute nodes are often offline. The job record
-OUT/.slurm/<jobid>.json {stage, list, N, tasks, env, ...} and the task records OUT/.slurm/<jobid>/<task>.json
-(slurm/records.py) outlive squeue: --wait and --resubmit_failed read them.
+Task i of N takes lines i, i+N, ... of the list (see slurm/common.sh). Training with --seeds is one array too:
+task i trains with --seed SEEDS[i] into OUT/seed<SEED>/ and resumes its own run when resubmitted. MGSV-EC:
+--stage mgsv --out mgsv --wait converts the release into mgsv/data (train.csv, val.csv, test.csv), then e.g.
+--stage train_transformer --data mgsv/data --out mgsv/transformer --seeds 0 1 2 --val mgsv/data/val.csv
+--args "--segments_from features" (MGSV-EC has no flow ranks.csv: segments are cut where the features change).
+
+Weights are checked (and official ones downloaded) here, before submitting, because compute nodes are often
+offline. The job record OUT/.slurm/<jobid>.json {stage, list, N, tasks, env, ...} and the task records
+OUT/.slurm/<jobid>/<task>.json (slurm/records.py) outlive squeue: --wait and --resubmit_failed read them.
 
 --wait reports what a user would otherwise find out days later: the pending reason of a job that waits
 longer than --pending_after, a one-line error naming the sbatch option to change when Slurm says the job can
@@ -75,7 +81,12 @@ def parse_args(argv=None):
                    "(scheme://[user:pass@]host:port); the tasks get its path, so credentials stay in the file (default: none)")
     p.add_argument("--data", type=Path, help="VMR_DATA for the training stages; the job's --mem is computed from the "
                    f"size of its .npy files (default: {DEFAULT_DATA}, the .sl file's)")
-    p.add_argument("--ranks", type=Path, help="VMR_RANKS (ranks.csv) for --stage train_transformer (default: the .sl file's)")
+    p.add_argument("--ranks", type=Path, help="VMR_RANKS (ranks.csv) for --stage train_transformer (default: the .sl "
+                   "file's features/flow/ranks.csv; none when --args has --segments_from features)")
+    p.add_argument("--seeds", type=int, nargs="+", help="training stages: one array task per seed (VMR_SEEDS), task i "
+                   "runs train.py --seed SEEDS[i] into OUT/seed<SEED>/ (default: one job into OUT, train.py's seed)")
+    p.add_argument("--val", type=Path, help="training stages: VMR_VAL, a CSV of validation ids passed as --val_csv_path "
+                   "(e.g. mgsv/data/val.csv, MGSV-EC's published split) instead of train.py's --val_fraction")
     p.add_argument("--gpus", type=int, default=0, help="GPUs per task: adds --gres=gpu:N and sets DEVICE=cuda (default: 0)")
     p.add_argument("--sbatch", default="", help="more sbatch options, e.g. '--partition=gpu --time=2:00:00 "
                    "--cpus-per-task=8'; they override the #SBATCH lines")
@@ -98,6 +109,15 @@ def parse_args(argv=None):
         p.error("--tasks must be >= 1")
     if args.proxies is not None and args.stage != "download":
         p.error("--proxies is for --stage download")
+    for flag in ("seeds", "val"):
+        if getattr(args, flag) is not None and args.stage not in TRAINING:
+            p.error(f"--{flag} is for --stage {' or '.join(sorted(TRAINING))}")
+    if args.seeds is not None:
+        repeated = sorted({s for s in args.seeds if args.seeds.count(s) > 1})
+        if repeated:
+            p.error(f"--seeds: {' '.join(map(str, repeated))} given twice (two tasks would train into one folder)")
+        if any(w == "--seed" or w.startswith("--seed=") for w in shlex.split(args.args)):
+            p.error("--seeds and --seed in --args: every task would train with the one --seed")
     return args
 
 
@@ -160,6 +180,14 @@ def unique_download_list(list_path, out, dry_run):
     return path, len(urls)
 
 
+def features_segments(extra_args):
+    """True when the flags end with --segments_from features (the last one wins, as in argparse)."""
+    words = shlex.split(extra_args)
+    values = [words[i + 1] for i, w in enumerate(words[:-1]) if w == "--segments_from"]
+    values += [w.split("=", 1)[1] for w in words if w.startswith("--segments_from=")]
+    return bool(values) and values[-1] == "features"
+
+
 def training_memory(data):
     """sbatch --mem for a training job from the data it holds in memory, times 1.5, plus 4 GB for Python, torch
     and the model: (bytes held, option, what they are).
@@ -213,7 +241,7 @@ def array_spec(tasks):
 
 def submit(stage, env_vars, tasks, options, out, dry_run, resubmit_of=None, list_path=None, inputs=None):
     """Submit the array (and the merge job for extraction stages); write the job record."""
-    array = None if stage in ONE_JOB else array_spec(tasks)
+    array = None if stage in ONE_JOB and "VMR_SEEDS" not in env_vars else array_spec(tasks)
     argv = sbatch_argv(f"{stage}.sl", array, options)
     merge_vars = {"VMR_OUT": env_vars["VMR_OUT"]}
     if dry_run:
@@ -454,8 +482,17 @@ def new_submission(args, out):
             options.insert(0, mem)
             print(f"{data}: {size / 2**30:.2f} GB {what} -> {mem} ({TRAIN_MEMORY_BASE_GB} GB + "
                   f"{TRAIN_MEMORY_PER_DATA_BYTE:g} x data; give --sbatch --mem=... to override)", file=sys.stderr)
+        if args.seeds:
+            tasks = list(range(len(args.seeds)))
+            env_vars.update(VMR_SEEDS=" ".join(map(str, args.seeds)), VMR_TASKS=str(len(tasks)), VMR_TASK_MIN="0")
+        if args.val is not None:
+            if not args.val.is_file():
+                raise SystemExit(f"{args.val}: no such validation CSV (--val)")
+            env_vars["VMR_VAL"] = str(args.val.resolve())
     if args.ranks is not None:
         env_vars["VMR_RANKS"] = str(args.ranks.resolve())
+    elif args.stage == "train_transformer" and features_segments(args.args):
+        env_vars["VMR_RANKS"] = ""  # no --flow_ranks: every item is cut where its features change
     if args.args:
         env_vars["ARGS"] = args.args
     if args.gpus:

@@ -255,4 +255,4 @@ def test_slurm_job_converts_what_submit_fetched_first(release, server, tmp_path)
     fake.chmod(0o755)
     subprocess.run(["bash", str(REPO / "slurm" / "mgsv.sl")], check=True, capture_output=True,
                    env=dict(env, VMR_PYTHON=str(fake), VMR_OUT=str(out), VMR_REPO=str(REPO), ARGS="--dtype float16"))
-    assert (tmp_path / "argv").read_text().splitlines()[0] == f"-m vmr.mgsv --out {out} --dtype float16"
+    assert (tmp_path / "argv").read_text().splitlines()[0] == f"-m vmr.mgsv --out {out} --convert_only --dtype float16"

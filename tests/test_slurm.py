@@ -558,28 +558,126 @@ def test_training_job_asks_for_memory_from_its_data(cluster, cluster_env, tmp_pa
     assert f"{data}: 0.01 GB of test gallery (float32" in r.stderr
 
 
-@pytest.mark.parametrize("script", ["train_vmnet.sl", "train_transformer.sl"])
-def test_training_scripts_read_split_folders_when_present(script, tmp_path):
-    """The .sl files run without Slurm too; a stand-in interpreter records the arguments they pass."""
+def run_with_stand_in(script, tmp_path, **variables):
+    """Run slurm/<script> outside Slurm (the .sl files run without it too) with a stand-in interpreter.
+
+    Returns (exit status, train.py argv, records.py argv, stderr)."""
     fake = tmp_path / "python"
     fake.write_text(f"#!/bin/sh\necho \"$@\" >> {tmp_path / 'argv'}\n")  # the exit trap runs it again (records.py)
     fake.chmod(0o755)
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("SLURM_", "VMR_"))}
+    env.update(VMR_PYTHON=str(fake), VMR_REPO=str(REPO), **variables)
+    r = subprocess.run(["bash", str(REPO / "slurm" / script)], env=env, capture_output=True, text=True)
+    lines = (tmp_path / "argv").read_text().splitlines()
+    (tmp_path / "argv").unlink()
+    train = next((line.split() for line in lines if "train.py" in line), None)
+    record = next(line.split() for line in lines if "records.py" in line)
+    return r.returncode, train, record, r.stderr
+
+
+def flag(argv, name):
+    return argv[argv.index(name) + 1] if name in argv else None
+
+
+@pytest.mark.parametrize("script", ["train_vmnet.sl", "train_transformer.sl"])
+def test_training_scripts_read_split_folders_when_present(script, tmp_path):
     data = tmp_path / "data"
     (data / "video").mkdir(parents=True)
-    env = {**os.environ, "VMR_PYTHON": str(fake), "VMR_DATA": str(data), "VMR_OUT": str(tmp_path / "run"), "VMR_REPO": str(REPO)}
-
-    def training_argv():
-        subprocess.run(["bash", str(REPO / "slurm" / script)], env=env, check=True, capture_output=True)
-        lines = (tmp_path / "argv").read_text().splitlines()
-        (tmp_path / "argv").unlink()
-        return next(line for line in lines if "train.py" in line).split()
-
-    argv = training_argv()
-    assert argv[argv.index("--train_data_dir") + 1] == argv[argv.index("--test_data_dir") + 1] == str(data)
+    variables = dict(VMR_DATA=str(data), VMR_OUT=str(tmp_path / "run"))
+    _, argv, _, _ = run_with_stand_in(script, tmp_path, **variables)
+    assert flag(argv, "--train_data_dir") == flag(argv, "--test_data_dir") == str(data)
     for split in ("train", "test"):
         (data / split).mkdir()
         (data / split / "offsets.npy").touch()
-    argv = training_argv()
-    assert argv[argv.index("--train_data_dir") + 1] == str(data / "train")
-    assert argv[argv.index("--test_data_dir") + 1] == str(data / "test")
-    assert argv[argv.index("--train_csv_path") + 1] == str(data / "train.csv")
+    _, argv, _, _ = run_with_stand_in(script, tmp_path, **variables)
+    assert flag(argv, "--train_data_dir") == str(data / "train")
+    assert flag(argv, "--test_data_dir") == str(data / "test")
+    assert flag(argv, "--train_csv_path") == str(data / "train.csv")
+
+
+@pytest.mark.parametrize("script", ["train_vmnet.sl", "train_transformer.sl"])
+def test_training_scripts_run_one_seed_per_array_task(script, tmp_path):
+    data, out, val = tmp_path / "data", tmp_path / "run", tmp_path / "data" / "val.csv"
+    common = dict(VMR_DATA=str(data), VMR_OUT=str(out))
+    code, plain, _, _ = run_with_stand_in(script, tmp_path, **common)  # no VMR_SEEDS: one run into VMR_OUT, as before
+    assert code == 0 and flag(plain, "--save_dir") == str(out) and "--seed" not in plain and "--val_csv_path" not in plain
+
+    seeds = dict(common, VMR_SEEDS="3 7", VMR_VAL=str(val), VMR_TASK_MIN="0", SLURM_ARRAY_JOB_ID="55")
+    for task, seed in enumerate((3, 7)):
+        code, argv, record, _ = run_with_stand_in(script, tmp_path, **seeds, SLURM_ARRAY_TASK_ID=str(task))
+        expected = [str(out / f"seed{seed}") if a == str(out) else a for a in plain]  # only the save dir changes ...
+        assert code == 0 and argv == expected + ["--seed", str(seed), "--val_csv_path", str(val)]  # ... and these come after
+        assert flag(record, "--record") == str(out / ".slurm" / "55" / f"{task}.json")  # records stay in VMR_OUT
+
+    code, argv, record, err = run_with_stand_in(script, tmp_path, **seeds, SLURM_ARRAY_TASK_ID="2")
+    assert code == 2 and argv is None and flag(record, "--exit") == "2"
+    assert "task 2 (index 2): VMR_SEEDS has 2 seed(s) (3 7): submit an array of that size (sbatch --array=0-1)" in err
+    code, argv, _, err = run_with_stand_in(script, tmp_path, **seeds)  # sbatch without --array
+    assert code == 2 and argv is None and "VMR_SEEDS has 2 seeds (3 7) but this is not an array task" in err
+
+
+def test_transformer_script_without_flow_ranks(tmp_path):
+    common = dict(VMR_DATA=str(tmp_path / "data"), VMR_OUT=str(tmp_path / "run"))
+    _, argv, _, _ = run_with_stand_in("train_transformer.sl", tmp_path, **common)
+    assert flag(argv, "--flow_ranks") == "features/flow/ranks.csv"  # unset: the default, as before
+    _, argv, _, _ = run_with_stand_in("train_transformer.sl", tmp_path, **common, VMR_RANKS="",
+                                      ARGS="--segments_from features")
+    assert "--flow_ranks" not in argv and argv[-2:] == ["--segments_from", "features"]
+
+
+def test_dry_run_with_seeds_shows_one_array(tmp_path):
+    data = tmp_path / "data"
+    (data / "video").mkdir(parents=True)
+    val = data / "val.csv"
+    val.write_text("ID\n")
+    out = tmp_path / "runs"
+    r = submit(os.environ, "--stage", "train_transformer", "--data", str(data), "--out", str(out), "--seeds", "0", "1",
+               "2", "--val", str(val), "--args", "--segments_from features", "--dry_run")
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.strip().endswith("sbatch --parsable --mem=4G --array=0-2 slurm/train_transformer.sl"), r.stdout
+    assert f"VMR_SEEDS='0 1 2' VMR_TASKS=3 VMR_TASK_MIN=0 VMR_VAL={val} VMR_RANKS='' " in r.stdout
+    assert not out.exists()
+    r = submit(os.environ, "--stage", "train_vmnet", "--data", str(data), "--out", str(out), "--dry_run")
+    assert "--array" not in r.stdout and "VMR_SEEDS" not in r.stdout and "VMR_RANKS" not in r.stdout
+
+    for extra, error in ((["--seeds", "1", "2", "1"], "--seeds: 1 given twice"),
+                         (["--seeds", "1", "2", "--args=--seed 5"], "--seeds and --seed in --args"),
+                         (["--seeds", "1", "--val", str(tmp_path / "nope.csv")], "nope.csv: no such validation CSV (--val)")):
+        r = submit(os.environ, "--stage", "train_vmnet", "--data", str(data), "--out", str(out), *extra, "--dry_run")
+        assert r.returncode != 0 and error in r.stderr, r.stderr
+    r = submit(os.environ, "--stage", "resnet", "--list", str(val), "--seeds", "0", "--dry_run")
+    assert r.returncode == 2 and "--seeds is for --stage train_transformer or train_vmnet" in r.stderr
+
+
+def test_seed_array_trains_each_seed_into_its_own_run(cluster_env, tmp_path):
+    """A real array of 2 seeds, as on MGSV-EC: a published val split and no flow ranks.csv (--segments_from features)."""
+    import torch
+
+    from vmr.synthetic import Settings, generate, write_dataset
+
+    data = write_dataset(tmp_path / "data", generate(Settings(n=24, regime="library", video_dim=16, audio_dim=8)), 8)
+    ids = (data / "train.csv").read_text().split()[1:]
+    (data / "val.csv").write_text("ID\n" + "".join(f"{v}\n" for v in ids[:4]))
+    (data / "train.csv").write_text("ID\n" + "".join(f"{v}\n" for v in ids[4:]))
+    out = tmp_path / "runs"
+    r = submit(cluster_env, "--stage", "train_transformer", "--data", str(data), "--out", str(out), "--seeds", "5", "9",
+               "--val", str(data / "val.csv"), "--args", "--segments_from features --epochs 1", "--sbatch", SBATCH_OPTIONS,
+               "--wait", "--poll", "0.3")
+    assert r.returncode == 0, r.stdout + r.stderr
+    job = r.stdout.split()[0]
+    assert f"job {job} (train_transformer): 2 of 2 task(s) ok" in r.stdout
+    record = json.loads((out / ".slurm" / f"{job}.json").read_text())
+    assert record["tasks"] == [0, 1] and record["env"]["VMR_SEEDS"] == "5 9" and record["env"]["VMR_RANKS"] == ""
+    for task, seed in enumerate((5, 9)):
+        run = out / f"seed{seed}"
+        assert json.loads((run / "metrics.json").read_text())
+        args = torch.load(run / "best.pt", map_location="cpu", weights_only=False)["args"]
+        assert args["seed"] == seed and args["val_csv_path"] == str(data / "val.csv") and args["save_dir"] == str(run)
+        assert args["flow_ranks"] is None and args["segments_from"] == "features"  # VMR_RANKS='' reached the task
+        assert json.loads((out / ".slurm" / job / f"{task}.json").read_text())["exit"] == 0
+
+    task_record = out / ".slurm" / job / "1.json"  # seed 9 failed: a resubmission reruns task 1 alone, with seed 9
+    task_record.write_text(json.dumps(dict(json.loads(task_record.read_text()), exit=1)))
+    r = submit(cluster_env, "--out", str(out), "--resubmit_failed", job, "--dry_run")
+    assert r.returncode == 0 and "VMR_SEEDS='5 9' VMR_TASKS=2 VMR_TASK_MIN=0 " in r.stdout, r.stdout + r.stderr
+    assert r.stdout.strip().endswith("--array=1 slurm/train_transformer.sl"), r.stdout
