@@ -125,8 +125,10 @@ def check_folders(out, extractors, max_seconds, overwrite, ids):
 
     A folder's settings are its extractor's provenance plus --max_seconds (features of the first N
     seconds are not those of a full run). With --overwrite, a folder made with other settings is
-    deleted, saying what it held; `ids` are this run's videos.
+    deleted, saying what it held; `ids` are this run's videos. Folders that differ only in options.precision
+    hold the same feature (inference.same_feature): this run's rows are added and the record lists both.
     """
+    from feature_extraction import inference
     from feature_extraction.atomic import write_json
 
     for e in extractors:
@@ -134,10 +136,20 @@ def check_folders(out, extractors, max_seconds, overwrite, ids):
             meta = json.loads(json.dumps({**meta, "max_seconds": max_seconds}))
             path = out / folder / "_feature.json"
             if path.exists():
-                a, b = flat(json.loads(path.read_text(encoding="utf-8"))), flat(meta)
-                keys = sorted(k for k in a.keys() | b.keys() if a.get(k) != b.get(k))  # absent = null
-                if not keys:
+                made = json.loads(path.read_text(encoding="utf-8"))
+                if inference.same_feature(made, meta):
+                    options = made.get("options") or {}
+                    had = options.get("precision") or "float32"  # absent: made before the flag, in float32
+                    adds = (meta.get("options") or {}).get("precision") or "float32"
+                    precisions = "+".join(sorted(set(had.split("+")) | {adds}))  # e.g. bfloat16+float32
+                    if precisions != had:
+                        print(f"{out / folder}: made with precision {had}, this run adds {adds} rows (within the "
+                              f"accuracy bar of float32); its _feature.json now records precision {precisions}",
+                              file=sys.stderr)
+                        write_json(path, {**made, "options": {**options, "precision": precisions}})
                     continue
+                a, b = flat(made), flat(meta)
+                keys = sorted(k for k in a.keys() | b.keys() if a.get(k) != b.get(k))  # absent = null
                 made = f"{out / folder}: made with {settings_text(a, keys)}, this run uses {settings_text(b, keys)}"
                 contents = folder_contents(out / folder, ids)
                 if not overwrite:
