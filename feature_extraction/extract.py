@@ -104,6 +104,14 @@ def flat(d, prefix=""):
     return out
 
 
+def differing_settings(made, meta):
+    """The flat keys whose values differ between two _feature.json records (absent counts as null), but for
+    options.precision: every precision gives rows within the accuracy bar of float32 (tests/test_precision.py),
+    so they are the same feature and a library may mix them. No keys: the same feature."""
+    a, b = flat(made), flat(meta)
+    return sorted(k for k in a.keys() | b.keys() if a.get(k) != b.get(k) and k != "options.precision")
+
+
 def settings_text(d, keys):
     return ", ".join(f"{k}={json.dumps(d.get(k))}" for k in keys)
 
@@ -126,9 +134,8 @@ def check_folders(out, extractors, max_seconds, overwrite, ids):
     A folder's settings are its extractor's provenance plus --max_seconds (features of the first N
     seconds are not those of a full run). With --overwrite, a folder made with other settings is
     deleted, saying what it held; `ids` are this run's videos. Folders that differ only in options.precision
-    hold the same feature (inference.same_feature): this run's rows are added and the record lists both.
+    hold the same feature (differing_settings): this run's rows are added and the record lists both.
     """
-    from feature_extraction import inference
     from feature_extraction.atomic import write_json
 
     for e in extractors:
@@ -137,7 +144,8 @@ def check_folders(out, extractors, max_seconds, overwrite, ids):
             path = out / folder / "_feature.json"
             if path.exists():
                 made = json.loads(path.read_text(encoding="utf-8"))
-                if inference.same_feature(made, meta):
+                keys = differing_settings(made, meta)
+                if not keys:
                     options = made.get("options") or {}
                     had = options.get("precision") or "float32"  # absent: made before the flag, in float32
                     adds = (meta.get("options") or {}).get("precision") or "float32"
@@ -149,7 +157,6 @@ def check_folders(out, extractors, max_seconds, overwrite, ids):
                         write_json(path, {**made, "options": {**options, "precision": precisions}})
                     continue
                 a, b = flat(made), flat(meta)
-                keys = sorted(k for k in a.keys() | b.keys() if a.get(k) != b.get(k))  # absent = null
                 made = f"{out / folder}: made with {settings_text(a, keys)}, this run uses {settings_text(b, keys)}"
                 contents = folder_contents(out / folder, ids)
                 if not overwrite:

@@ -77,16 +77,6 @@ def resolve(precision, device, network):
     return "float32"
 
 
-def same_feature(a, b):
-    """Whether two _feature.json records describe the same feature: equal but for options.precision, whose
-    values all give rows within the accuracy bar of float32 (so a library may mix them)."""
-    def strip(record):
-        options = {k: v for k, v in (record.get("options") or {}).items() if k != "precision"}
-        return {**record, "options": options}
-
-    return strip(a) == strip(b)
-
-
 def release_freed_memory():
     """Collect garbage and hand the free heap back to the OS (glibc's malloc_trim; elsewhere only the collection).
 
