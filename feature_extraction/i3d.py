@@ -314,7 +314,9 @@ class I3DExtractor(Extractor):
                 print("warning: RAFT on CPU takes minutes per second of video; use --flow_method farneback "
                       "or --device cuda", file=sys.stderr)
         rgb = {"fps": self.frame_rate, "stack": STACK, "step": STACK, "side": SIDE, "crop": CROP, "layout": layout,
-               "fp16": args.fp16, "precision": self.precision}
+               "fp16": args.fp16}
+        if self.precision == "bfloat16":  # absent: float32 on the CPU (or --fp16 on CUDA), as before the flag
+            rgb["precision"] = self.precision
         flow = {**rgb, "flow_method": self.method, "flow_clip": FLOW_CLIP}
         if self.method == "raft":
             flow["raft_iters"] = args.raft_iters

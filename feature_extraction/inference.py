@@ -8,7 +8,8 @@ extract.py decodes at once (--parallel).
   equal): ResNet, CLIP, VGGish, Wav2CLIP, I3D. float32 elsewhere; RAFT always runs float32 on the CPU (its 20
   refinement steps are not checked in bfloat16). Without those flags bfloat16 is emulated and slower.
 - CPU, int8: refused (see INT8_REASON): torch 2.14's own int8 (torch.ao.quantization) is deprecated, was no
-  faster than bfloat16 here (bench/bench_networks.py measures it), and torchao's path needs torch.compile.
+  faster than bfloat16 here (bench/bench_networks.py measures it), and torchao's gets its speed from
+  torch.compile.
 - CUDA: auto is float32 (half precision is opt-in: its rows were checked at cosine 0.99, not at this bar);
   float16 and bfloat16 run under torch.autocast, as before.
 
@@ -37,8 +38,8 @@ DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.
 BF16_FLAGS = {"avx512_bf16", "amx_bf16"}
 BF16_NETWORKS = {"resnet", "clip", "vggish", "wav2clip", "i3d"}  # bfloat16 rows within the bar (test_precision.py)
 INT8_REASON = ("int8 is not offered: torch 2.14's int8 (torch.ao.quantization) is deprecated and its dynamic int8 "
-               "was no faster than bfloat16 on the CPU (bench/bench_networks.py), and torchao's int8 needs "
-               "torch.compile (minutes of compiling on a small CPU); use auto or bfloat16")
+               "was no faster than bfloat16 on the CPU (bench/bench_networks.py), and torchao's int8 gets its CPU "
+               "speed from torch.compile (minutes of compiling on a small CPU); use auto or bfloat16")
 
 
 def add_arguments(parser):

@@ -125,8 +125,9 @@ def build(args):
     depth, precision = args.resnet, inference.resolve(args.precision, args.device, "resnet")
     name = f"resnet{depth}"
     path = checkpoint_path(name, args.weights)
-    options = {"preprocess": "resize256-bilinear-antialias/crop224/imagenet-norm", "frame_offset": 0.5,
-               "precision": precision}
+    options = {"preprocess": "resize256-bilinear-antialias/crop224/imagenet-norm", "frame_offset": 0.5}
+    if precision != "float32":  # absent means float32, as in folders made before the flag
+        options["precision"] = precision
     info = provenance(name, name, args.weights, options)
 
     def load():

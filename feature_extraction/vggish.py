@@ -239,8 +239,10 @@ def build(args):
         precision = "float32"
     path = weights.checkpoint_path("vggish", args.weights)
     info = {"model": "vggish", **weights.provenance("vggish", args.weights),
-            "options": {"pca": pca, "example_seconds": 0.96, "hop_seconds": 1.0, "precision": precision},
+            "options": {"pca": pca, "example_seconds": 0.96, "hop_seconds": 1.0},
             "rate": 1.0}
+    if precision != "float32":  # absent means float32, as in folders made before the flag
+        info["options"]["precision"] = precision
     if pca:
         pca_info = weights.provenance("vggish_pca", args.weights)
         info["options"].update(pca_checkpoint=pca_info["checkpoint"], pca_sha256=pca_info["sha256"])

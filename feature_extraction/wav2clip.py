@@ -143,10 +143,12 @@ class Wav2CLIPExtractor(Extractor):
         self.batch_size, self.device, self.precision = max(1, int(batch_size)), device, precision
 
     def outputs(self):
+        # absent precision means float32, as in folders made before the flag
+        precision = {"precision": self.precision} if self.precision != "float32" else {}
         rows = {**self.provenance, "options": {"rows": "1 s frames, one normalisation over all frames of the file",
-                                               "precision": self.precision}}
-        track = {**self.provenance, "options": {"embedding": "whole waveform in one pass (get_model())",
-                                                "precision": self.precision}, "rate": None}
+                                               **precision}}
+        track = {**self.provenance, "options": {"embedding": "whole waveform in one pass (get_model())", **precision},
+                 "rate": None}
         return {"wav2clip": rows, "wav2clip_track": track}
 
     def files(self, vid):
