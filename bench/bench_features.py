@@ -163,7 +163,8 @@ def eager_processes(clip, out, device, env):
     for token in TOKENS:
         start = time.perf_counter()
         p = subprocess.run([sys.executable, "-c", EAGER_CHILD, "--videos", str(clip), "--out", str(out), "--features", token,
-                            "--batch_size", "1", "--precision", "float32", "--weights", "random", "--device", device],
+                            "--batch_size", "1", "--precision", "float32", "--weights", "random",
+                            "--device", device],
                            env=env, capture_output=True, text=True, cwd=REPO)
         walls[token] = round(time.perf_counter() - start, 1)
         if p.returncode != 0:

@@ -4,8 +4,9 @@ Our own visual encoder (the architecture of openai/CLIP's VisionTransformer: pat
 token, pre-LN transformer with QuickGELU, ln_post(CLS) @ proj) loading OpenAI's TorchScript
 archive ViT-B-32.pt. Only the `visual.*` tensors are used, cast to float32; on CUDA --precision
 float16/bfloat16 runs it under autocast (OpenAI's loader runs fp16 on CUDA). It runs as
-inference.prepare makes it (bfloat16 weights where --precision auto picks it on the CPU). Widths, layers and patch size come from the tensor
-shapes (heads = width // 64, as OpenAI's build_model), so tiny test archives load too.
+inference.prepare makes it (bfloat16 weights where --precision auto picks them on the CPU). Widths,
+layers and patch size come from the tensor shapes (heads = width // 64, as OpenAI's build_model), so
+tiny test archives load too.
 Rows are not L2-normalised unless --clip_l2 (folder clip_l2).
 Preprocessing is CLIP's: short side to 224 (bicubic, antialiased as PIL), center crop, CLIP mean/std.
 """
