@@ -52,6 +52,7 @@ class Wav2CLIP(nn.Module):
     def __init__(self):
         super().__init__()
         self.register_buffer("window", torch.hann_window(N_FFT))
+        self.dtype = torch.float32  # of the encoder and transform: bfloat16 after build()'s inference.for_cpu
         import torchvision  # here, not at import: importing it takes 2-3 s (it imports torch._dynamo)
 
         self.encoder = torchvision.models.ResNet(torchvision.models.resnet.BasicBlock, [2, 2, 2, 2])
@@ -67,10 +68,8 @@ class Wav2CLIP(nn.Module):
         return torch.log(spec.abs().pow(2) + LOG_OFFSET)[:, None]
 
     def embed(self, spec):
-        """Normalised (N, 1, 257, F) float32 spectrograms -> (N, 512) float32, computed in the dtype of the
-        encoder's weights (bfloat16 after inference.for_cpu(..., "bfloat16"))."""
-        dtype = self.transform[0].weight.dtype
-        return self.transform(self.encoder(inference.channels_last(spec.to(dtype)))).float()
+        """Normalised (N, 1, 257, F) float32 spectrograms -> (N, 512) float32, computed in `self.dtype`."""
+        return self.transform(self.encoder(inference.channels_last(spec.to(self.dtype)))).float()
 
     def forward(self, waveforms):
         """The package's utterance mode: one normalisation over the whole batch."""
@@ -211,6 +210,7 @@ def build(args):
         if cpu:  # the spectrogram stays float32; the ResNet-18 and the projection run in `precision`
             inference.for_cpu(model.encoder, precision)
             inference.for_cpu(model.transform, precision)
+            model.dtype = inference.DTYPES[precision]
         return model
 
     return Wav2CLIPExtractor(load, info, args.batch_size, args.device, precision)
