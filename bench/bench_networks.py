@@ -1,19 +1,25 @@
-"""Network speed of ResNet-101, CLIP ViT-B/32 and VGGish as extract.py runs them, against plain eager float32 at
-batch 1 (how video_features runs them), in the same run, with random weights (same cost as the official ones).
+"""Network speed of ResNet-101, CLIP ViT-B/32 and VGGish per precision, as extract.py runs them, against plain
+eager float32 at batch 1 (how video_features runs them), in the same run, with random weights (same cost as the
+official ones), and the CPU flags that decide what --precision auto picks.
 
 Per network, on the same random inputs, items (frames or 0.96 s examples) per CPU second of this process for:
 - `eager_b1`: the eager float32 module, one item per call, under torch.no_grad (the baseline);
 - `eager_batch`: the same module at BENCH_BATCH items per call (default 16, extract.py's --batch_size);
-- `ours`: inference.prepare's callable at that batch (channels_last, traced and frozen with oneDNN fusion,
-  inference_mode), with `speedup` = ours / eager_b1, the seconds it takes to prepare (`prepare_s`, start-up
-  cost), and its largest difference from the eager output (relative to the output's largest magnitude);
+- `frozen_float32`: what shipped before --precision came to the CPU: channels_last, torch.jit.trace +
+  torch.jit.freeze (BatchNorm folded, oneDNN fusion; deprecated in torch 2.14), at that batch;
+- `float32`, `bfloat16`: inference.prepare's callable in that precision (BatchNorm folded, channels_last,
+  eager), with its prepare seconds (`prepare_s`: start-up cost) and its cosine to the eager float32 rows;
+- `int8_dynamic`: torch.ao.quantization.quantize_dynamic (int8 weights, activations quantised per call) of the
+  Linear layers, the int8 that torch 2.14 itself offers on the CPU (deprecated; convolutions stay float32, so
+  it is not measured for ResNet), with its cosine: why --precision int8 is refused;
 - `compiled` (BENCH_COMPILE=1, off by default: up to two minutes of compiling per network on 2 cores):
   torch.compile of the channels_last module at that batch, with its compile seconds (`compile_s`).
+`speedup_*` = that variant / eager_b1; `bfloat16_over_frozen` = bfloat16 / frozen_float32.
 The variants take turns, one pass over the BENCH_ITEMS items (default 32) each, for BENCH_ROUNDS rounds
 (default 3); each keeps its best round. Torch runs on BENCH_THREADS threads (default 1), and speed is
-counted in CPU seconds (`wall_speedup` gives the wall-clock one): on a busy machine a thread waiting for a
-core costs wall time but no CPU time, and each multi-threaded operator would wait for the scheduler (about
-7 ms per operator at batch 1 on a loaded 2-core machine), which would measure the load, not the networks.
+counted in CPU seconds (`wall_speedup` gives the wall-clock one of bfloat16): on a busy machine a thread
+waiting for a core costs wall time but no CPU time, and each multi-threaded operator would wait for the
+scheduler (about 7 ms per operator at batch 1 on a loaded 2-core machine), which would measure the load.
 
     python bench/bench_networks.py
     BENCH_ITEMS=16 BENCH_COMPILE=1 python bench/run.py --only networks
@@ -53,10 +59,60 @@ def best_passes(variants, x, rounds):
     return best
 
 
+CPU_FLAGS = ("avx2", "avx512f", "avx512_bf16", "avx512_vnni", "amx_bf16", "amx_int8")
+
+
+def cpu_flags():
+    """The CPU flags that decide --precision auto, and what it picks on this machine."""
+    from feature_extraction import inference
+
+    flags = inference.cpu_flags()
+    return {"flags": [f for f in CPU_FLAGS if f in flags], "auto_picks": inference.resolve("auto", "cpu", "resnet")}
+
+
+def frozen(model, example):
+    """channels_last, traced and frozen: the CPU's float32 path before --precision (torch.jit, deprecated)."""
+    import warnings
+
+    import torch
+
+    from feature_extraction import inference
+
+    network = model.eval().to(memory_format=torch.channels_last)
+    with torch.no_grad(), warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        network = torch.jit.freeze(torch.jit.trace(network, inference.channels_last(example), check_trace=False))
+
+    def run(inputs):
+        with torch.inference_mode():
+            return network(inference.channels_last(inputs))
+    return run
+
+
+def int8_dynamic(model):
+    """torch.ao's dynamic int8 of the Linear layers (its deprecation warnings silenced), or None without any."""
+    import warnings
+
+    import torch
+
+    if not any(isinstance(m, torch.nn.Linear) for m in model.modules()):
+        return None
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        network = torch.ao.quantization.quantize_dynamic(model.eval(), {torch.nn.Linear}, dtype=torch.qint8)
+
+    def run(inputs):
+        with torch.inference_mode(), warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            return network(inputs)
+    return run
+
+
 def run():
     import tempfile
 
     import torch
+    import torch.nn.functional as F
 
     from feature_extraction import inference
 
@@ -67,21 +123,32 @@ def run():
     rounds = int(os.environ.get("BENCH_ROUNDS", 3))
     torch.set_num_threads(int(os.environ.get("BENCH_THREADS", 1)))
     compile_too = os.environ.get("BENCH_COMPILE", "0") == "1"
-    out = {"torch_threads": torch.get_num_threads(), "items": n, "batch": batch, "rounds": rounds}
+    out = {"cpu": cpu_flags(), "torch_threads": torch.get_num_threads(), "items": n, "batch": batch, "rounds": rounds}
+    print("cpu", out["cpu"], flush=True)
     with tempfile.TemporaryDirectory() as tmp:
         models = networks(random_weights_cache(tmp))
     for name, (model, shape) in models.items():
         x = torch.randn(n, *shape, generator=torch.Generator().manual_seed(0))
         row = {}
-        start = time.perf_counter()
-        ours = inference.prepare(copy.deepcopy(model), x[:1], "cpu")
-        row["prepare_s"] = round(time.perf_counter() - start, 2)
 
         def eager(inputs):
             with torch.no_grad():
                 return model(inputs)
 
-        variants = {"eager_b1": (eager, 1), "eager_batch": (eager, batch), "ours": (ours, batch)}
+        want = eager(x[:batch])
+        variants = {"eager_b1": (eager, 1), "eager_batch": (eager, batch),
+                    "frozen_float32": (frozen(copy.deepcopy(model), x[:1]), batch)}
+        for precision in ("float32", "bfloat16"):
+            start = time.perf_counter()
+            variants[precision] = (inference.prepare(copy.deepcopy(model), "cpu", precision), batch)
+            row[f"{precision}_prepare_s"] = round(time.perf_counter() - start, 2)
+        quantised = int8_dynamic(copy.deepcopy(model))
+        if quantised is not None:
+            variants["int8_dynamic"] = (quantised, batch)
+        for variant in ("float32", "bfloat16", "int8_dynamic"):
+            if variant in variants:
+                cos = F.cosine_similarity(variants[variant][0](x[:batch]).double(), want.double(), dim=-1)
+                row[f"{variant}_cosine_min"] = round(float(cos.min()), 6)
         if compile_too:
             compiled = torch.compile(copy.deepcopy(model).to(memory_format=torch.channels_last))
 
@@ -95,11 +162,11 @@ def run():
             variants["compiled"] = (run_compiled, batch)
         best = best_passes(variants, x, rounds)
         row.update({k: round(n / cpu, 2) for k, (_, cpu) in best.items()})
-        row["speedup"] = round(row["ours"] / row["eager_b1"], 2)
-        row["batching_alone"] = round(row["eager_batch"] / row["eager_b1"], 2)
-        row["wall_speedup"] = round(best["eager_b1"][0] / best["ours"][0], 2)
-        want = eager(x[:batch])
-        row["ours_max_rel_diff"] = float(f"{float((ours(x[:batch]) - want).abs().max() / want.abs().max()):.2e}")
+        for variant in best:
+            if variant != "eager_b1":
+                row[f"speedup_{variant}"] = round(row[variant] / row["eager_b1"], 2)
+        row["bfloat16_over_frozen"] = round(row["bfloat16"] / row["frozen_float32"], 2)
+        row["wall_speedup"] = round(best["eager_b1"][0] / best["bfloat16"][0], 2)
         out[name] = row
         print(name, row, flush=True)
     return out

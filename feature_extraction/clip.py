@@ -4,8 +4,9 @@ Our own visual encoder (the architecture of openai/CLIP's VisionTransformer: pat
 token, pre-LN transformer with QuickGELU, ln_post(CLS) @ proj) loading OpenAI's TorchScript
 archive ViT-B-32.pt. Only the `visual.*` tensors are used, cast to float32; on CUDA --precision
 float16/bfloat16 runs it under autocast (OpenAI's loader runs fp16 on CUDA). It runs as
-inference.prepare makes it (frozen on CPU). Widths, layers and patch size come from the tensor
-shapes (heads = width // 64, as OpenAI's build_model), so tiny test archives load too.
+inference.prepare makes it (bfloat16 weights where --precision auto picks them on the CPU). Widths,
+layers and patch size come from the tensor shapes (heads = width // 64, as OpenAI's build_model), so
+tiny test archives load too.
 Rows are not L2-normalised unless --clip_l2 (folder clip_l2).
 Preprocessing is CLIP's: short side to 224 (bicubic, antialiased as PIL), center crop, CLIP mean/std.
 """
@@ -172,15 +173,14 @@ RESOLUTION = 224  # ViT-B/32's input size, known before its archive is read
 def build(args):
     from feature_extraction.weights import WeightsError, checkpoint_path
 
-    l2, precision = args.clip_l2, args.precision
-    inference.check_precision(precision, args.device)
+    l2, precision = args.clip_l2, inference.resolve(args.precision, args.device, "clip")
     path = checkpoint_path("clip_vit_b32", args.weights)
 
     def load():
         visual = load_visual(path)
         if visual.resolution != RESOLUTION:
             raise WeightsError(f"{path}: a CLIP ViT for {visual.resolution} px input; ViT-B/32 takes {RESOLUTION}")
-        visual = inference.prepare(visual, torch.zeros(1, 3, RESOLUTION, RESOLUTION), args.device, precision)
+        visual = inference.prepare(visual, args.device, precision)
         return (lambda x: F.normalize(visual(x), dim=-1)) if l2 else visual
 
     preprocess = ImagePreprocess(RESOLUTION, RESOLUTION, "bicubic", CLIP_MEAN, CLIP_STD)

@@ -27,7 +27,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from feature_extraction import optical_flow, weights
+from feature_extraction import inference, optical_flow, weights
 from feature_extraction.base import Extractor, InputError
 from feature_extraction.inference import SharedBatches
 
@@ -129,9 +129,10 @@ class I3D(nn.Module):
         for name in ("4b", "4c", "4d", "4e", "4f"):
             x = getattr(self, f"mixed_{name}")(x)
         x = self.mixed_5c(self.mixed_5b(self.pool_5a(x)))
-        # The ports' AvgPool3d((2, 7, 7), stride 1); smaller inputs (tests) pool what there is.
+        # The ports' AvgPool3d((2, 7, 7), stride 1); smaller inputs (tests) pool what there is. In float32 at
+        # least: the CPU's avg_pool3d has no bfloat16 kernel.
         kernel = (min(2, x.shape[2]), min(7, x.shape[3]), min(7, x.shape[4]))
-        return F.avg_pool3d(x, kernel, stride=1).mean(dim=(2, 3, 4))
+        return F.avg_pool3d(x.float() if x.dtype == torch.bfloat16 else x, kernel, stride=1).mean(dim=(2, 3, 4))
 
 
 def _piergiaj_name(ours):
@@ -292,6 +293,10 @@ class I3DExtractor(Extractor):
         if args.fp16 and self.device.type != "cuda":
             raise SystemExit("--fp16 needs --device cuda")
         self.dtype = torch.float16 if args.fp16 else torch.float32
+        # the CPU runs I3D in --precision (auto: bfloat16 where the CPU has it) and RAFT in float32; CUDA keeps --fp16
+        cpu = self.device.type == "cpu"
+        self.precision = inference.resolve(args.precision, args.device, "i3d") if cpu else \
+            "float16" if args.fp16 else "float32"
         self.frame_rate = args.i3d_fps
         self.concat = args.i3d_concat
         self.method = args.flow_method
@@ -310,6 +315,8 @@ class I3DExtractor(Extractor):
                       "or --device cuda", file=sys.stderr)
         rgb = {"fps": self.frame_rate, "stack": STACK, "step": STACK, "side": SIDE, "crop": CROP, "layout": layout,
                "fp16": args.fp16}
+        if self.precision == "bfloat16":  # absent: float32 on the CPU (or --fp16 on CUDA), as before the flag
+            rgb["precision"] = self.precision
         flow = {**rgb, "flow_method": self.method, "flow_clip": FLOW_CLIP}
         if self.method == "raft":
             flow["raft_iters"] = args.raft_iters
@@ -334,8 +341,12 @@ class I3DExtractor(Extractor):
 
     def load(self):
         if self.models is None:  # the rows of videos decoded at once (extract.py --parallel) share batches
-            self.models = {m: SharedBatches(load_checkpoint(path).to(self.device, self.dtype))
-                           for m, path in self.paths.items()}
+            if self.device.type == "cpu":
+                self.models = {m: inference.prepare(load_checkpoint(path), "cpu", self.precision)
+                               for m, path in self.paths.items()}
+            else:
+                self.models = {m: SharedBatches(load_checkpoint(path).to(self.device, self.dtype))
+                               for m, path in self.paths.items()}
             self.flow = optical_flow.make_flow(self.method, self.device, self.weights, self.raft_iters, self.dtype)
 
     def begin(self, info):

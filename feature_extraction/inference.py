@@ -1,49 +1,88 @@
-"""How the networks run: oneDNN fusion on CPU, a chosen precision on CUDA, and batches shared by the
-videos that extract.py decodes at once (--parallel).
+"""How the networks run: a precision chosen per network and machine, and batches shared by the videos that
+extract.py decodes at once (--parallel).
 
-`prepare(model, example, device, precision)` turns an eval-mode network into the callable the
-extractors call with float32 inputs (first dimension = batch); it returns float32 outputs.
-- CPU (float32 only): 4-D inputs and weights in channels_last, the network traced and frozen with
-  torch.jit.freeze, so BatchNorm is folded into the convolutions and oneDNN fuses conv + ReLU; run
-  under torch.inference_mode. Outputs equal the eager float32 network within
-  assert_close(rtol=1e-4, atol=1e-5) (tests/test_backbones.py, tests/test_vggish.py).
-  torch.compile ran within 15 % of this speed after 11-125 s of compiling on 2 cores (tracing and
-  freezing take 0.6-7 s), so it is not used (bench/bench_networks.py measures both). The heap that
-  loading and freezing leave free is handed back to the OS afterwards (release_freed_memory).
-- CUDA: channels_last and torch.autocast to float16 or bfloat16 when `precision` says so
-  (LayerNorm, softmax and reductions stay in float32 under autocast).
-The callable is a `SharedBatches`: calls from several threads (one per video in flight) that wait
-while a batch runs go through the network together as the next batch.
+`--precision auto|float32|float16|bfloat16|int8` (default auto) is resolved per network by `resolve`:
+- CPU, auto: bfloat16 where the CPU has bfloat16 units (the avx512_bf16 or amx_bf16 flags: Zen 4 and later,
+  Sapphire Rapids and later) for the networks whose bfloat16 rows pass the accuracy bar on the test clips
+  (tests/test_precision.py: mean row cosine to float32 >= 0.995, none below 0.98; VGGish's PCA bytes >= 99 %
+  equal): ResNet, CLIP, VGGish, Wav2CLIP, I3D. float32 elsewhere; RAFT always runs float32 on the CPU (its 20
+  refinement steps are not checked in bfloat16). Without those flags bfloat16 is emulated and slower.
+- CPU, int8: refused (see INT8_REASON): torch 2.14's own int8 (torch.ao.quantization) is deprecated, was no
+  faster than bfloat16 here (bench/bench_networks.py measures it), and torchao's gets its speed from
+  torch.compile.
+- CUDA: auto is float32 (half precision is opt-in: its rows were checked at cosine 0.99, not at this bar);
+  float16 and bfloat16 run under torch.autocast, as before.
+
+`prepare(model, device, precision)` turns an eval-mode network into the callable the extractors
+call with float32 inputs (first dimension = batch); it returns float32 outputs.
+- CPU: BatchNorm folded into the convolution before it, 4-D inputs and weights in channels_last, the weights
+  in `precision` (bfloat16: oneDNN's bfloat16 kernels; LayerNorm and softmax accumulate in float32), run
+  eagerly under torch.inference_mode. Eager with folded BatchNorm runs as fast as the traced and frozen
+  graph shipped before (torch.jit, deprecated in torch 2.14) and starts in well under a second, where
+  torch.compile took 11-125 s to compile on 2 cores (bench/bench_networks.py measures both).
+- CUDA: channels_last and torch.autocast to float16 or bfloat16 when `precision` says so.
+The heap that loading and folding leave free is handed back to the OS afterwards (release_freed_memory).
+The callable is a `SharedBatches`: calls from several threads (one per video in flight) that wait while a
+batch runs go through the network together as the next batch.
 """
 import ctypes
 import gc
 import threading
-import warnings
+from pathlib import Path
 
 import torch
+from torch import nn
 
-PRECISIONS = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+PRECISIONS = ("auto", "float32", "float16", "bfloat16", "int8")
+DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+BF16_FLAGS = {"avx512_bf16", "amx_bf16"}
+BF16_NETWORKS = {"resnet", "clip", "vggish", "wav2clip", "i3d"}  # bfloat16 rows within the bar (test_precision.py)
+INT8_REASON = ("int8 is not offered: torch 2.14's int8 (torch.ao.quantization) is deprecated and its dynamic int8 "
+               "was no faster than bfloat16 on the CPU (bench/bench_networks.py), and torchao's int8 gets its CPU "
+               "speed from torch.compile (minutes of compiling on a small CPU); use auto or bfloat16")
 
 
 def add_arguments(parser):
-    parser.add_argument("--precision", choices=list(PRECISIONS), default="float32",
-                        help="precision of the frame networks (resnet, clip) on CUDA: float16 and bfloat16 are "
-                             "faster, with rows at cosine >= 0.99 of float32 (bench/gpu.py measures it); the CPU "
-                             "runs float32")
+    parser.add_argument("--precision", choices=PRECISIONS, default="auto",
+                        help="precision of the networks. auto (default): on the CPU bfloat16 where it has bfloat16 "
+                             "units (avx512_bf16 or amx_bf16 flags) for resnet, clip, vggish, wav2clip and i3d "
+                             "(rows at mean cosine >= 0.995 of float32), float32 elsewhere (RAFT: always); on CUDA "
+                             "float32. float16 is for CUDA (resnet, clip); bfloat16 runs on both. "
+                             f"{INT8_REASON}. The folder's _feature.json records the precision used")
 
 
-def check_precision(precision, device):
-    """Stop with one line when `precision` cannot run on `device` (half precision is for CUDA)."""
-    if precision != "float32" and torch.device(device).type != "cuda":
-        raise SystemExit(f"--precision {precision} needs --device cuda; the CPU runs float32")
+def cpu_flags():
+    """The CPU's feature flags from /proc/cpuinfo (an empty set where there is none, e.g. macOS)."""
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return set()
+    for line in text.splitlines():
+        if line.startswith(("flags", "Features")):
+            return set(line.partition(":")[2].split())
+    return set()
+
+
+def resolve(precision, device, network):
+    """The precision `network` ("resnet", "clip", "vggish", "wav2clip", "i3d") runs in on `device`;
+    stops with one line for a precision the device cannot run."""
+    cuda = torch.device(device).type == "cuda"
+    if precision == "int8":
+        raise SystemExit(f"--precision {INT8_REASON}")
+    if precision == "float16" and not cuda:
+        raise SystemExit("--precision float16 needs --device cuda; the CPU runs float32 or bfloat16")
+    if precision != "auto":
+        return precision
+    if not cuda and network in BF16_NETWORKS and cpu_flags() & BF16_FLAGS:
+        return "bfloat16"
+    return "float32"
 
 
 def release_freed_memory():
     """Collect garbage and hand the free heap back to the OS (glibc's malloc_trim; elsewhere only the collection).
 
-    Loading a checkpoint, tracing and freezing (BatchNorm folded into new weight tensors) free hundreds of MB
-    in pieces that glibc keeps mapped: without this, extract.py's resnet clip vggish pass peaked 0.5 GB higher
-    (2.52 against 2.01 GB on a 8 s clip)."""
+    Loading a checkpoint and folding BatchNorm (new weight tensors) free hundreds of MB in pieces that glibc
+    keeps mapped: without this, extract.py's resnet clip vggish pass peaked 0.5 GB higher."""
     gc.collect()
     try:
         ctypes.CDLL("libc.so.6").malloc_trim(0)
@@ -52,30 +91,60 @@ def release_freed_memory():
 
 
 def channels_last(x):
-    return x.contiguous(memory_format=torch.channels_last) if x.dim() == 4 else x
+    """4-D tensors in channels_last, 5-D in channels_last_3d (oneDNN's fast layouts); others unchanged."""
+    if x.dim() == 4:
+        return x.contiguous(memory_format=torch.channels_last)
+    if x.dim() == 5:
+        return x.contiguous(memory_format=torch.channels_last_3d)
+    return x
 
 
-def prepare(model, example, device="cpu", precision="float32"):
-    """A SharedBatches running `model` (moved and converted in place) on `device` in `precision`; `example`
-    is one float32 input batch (on the CPU) that the float32 CPU network is traced with."""
-    device, dtype = torch.device(device), PRECISIONS[precision]
-    network = model.eval().to(device, memory_format=torch.channels_last)
-    if dtype == torch.float32 and device.type == "cpu":
-        with torch.no_grad(), warnings.catch_warnings():
-            warnings.simplefilter("ignore", FutureWarning)  # torch 2.14 marks torch.jit deprecated; it is pinned
-            warnings.simplefilter("ignore", torch.jit.TracerWarning)  # MultiheadAttention's checks of fixed sizes
-            network = torch.jit.freeze(torch.jit.trace(network, channels_last(example), check_trace=False))
-        release_freed_memory()
+def fold_batchnorm(model):
+    """`model` with each BatchNorm folded into the convolution registered just before it in the same module,
+    the BatchNorm replaced by Identity. Sound for networks that apply each such BatchNorm right after that
+    convolution, as ours do (ResNet's convK/bnK and downsample, torchvision's ResNet in Wav2CLIP, I3D's
+    conv3d/batch3d); the tests compare the folded networks with the eager ones."""
+    from torch.nn.utils.fusion import fuse_conv_bn_eval
+
+    for module in list(model.modules()):
+        children = list(module.named_children())
+        for (conv_name, conv), (bn_name, bn) in zip(children, children[1:]):
+            if (isinstance(conv, nn.modules.conv._ConvNd) and isinstance(bn, nn.modules.batchnorm._BatchNorm)
+                    and conv.out_channels == bn.num_features):
+                setattr(module, conv_name, fuse_conv_bn_eval(conv, bn))
+                setattr(module, bn_name, nn.Identity())
+    return model
+
+
+def for_cpu(model, precision):
+    """The eval-mode `model`, converted in place for the CPU: BatchNorm folded, weights in `precision` and in
+    channels_last."""
+    network = fold_batchnorm(model.eval()).to(DTYPES[precision])
+    for p in network.parameters():
+        p.data = channels_last(p.data)
+    release_freed_memory()
+    return network
+
+
+def prepare(model, device="cpu", precision="float32"):
+    """A SharedBatches running `model` (moved and converted in place) on `device` in `precision` (resolved:
+    not auto). It takes and returns float32 tensors."""
+    device = torch.device(device)
+    if device.type == "cpu":
+        network, dtype = for_cpu(model, precision), DTYPES[precision]
 
         def run(*inputs):
             with torch.inference_mode():
-                return network(*map(channels_last, inputs))
+                return network(*(channels_last(x.to(dtype)) for x in inputs)).float()
     else:
+        dtype = DTYPES[precision]
+        network = model.eval().to(device, memory_format=torch.channels_last)
+
         def run(*inputs):
             with torch.inference_mode(), torch.autocast(device.type, dtype, enabled=dtype != torch.float32):
                 return network(*(channels_last(x.to(device)) for x in inputs)).float()
     shared = SharedBatches(run)
-    shared.network = network  # what runs: the frozen graph on the CPU
+    shared.network = network  # what runs
     return shared
 
 

@@ -89,6 +89,14 @@ def flat(d, prefix=""):
     return out
 
 
+def differing_settings(made, meta):
+    """The flat keys whose values differ between two _feature.json records (absent counts as null), but for
+    options.precision: every precision gives rows within the accuracy bar of float32 (tests/test_precision.py),
+    so they are the same feature and a library may mix them. No keys: the same feature."""
+    a, b = flat(made), flat(meta)
+    return sorted(k for k in a.keys() | b.keys() if a.get(k) != b.get(k) and k != "options.precision")
+
+
 def settings_text(d, keys):
     return ", ".join(f"{k}={json.dumps(d.get(k))}" for k in keys)
 
@@ -110,7 +118,8 @@ def check_folders(out, extractors, max_seconds, overwrite, ids):
 
     A folder's settings are its extractor's provenance plus --max_seconds (features of the first N
     seconds are not those of a full run). With --overwrite, a folder made with other settings is
-    deleted, saying what it held; `ids` are this run's videos.
+    deleted, saying what it held; `ids` are this run's videos. Folders that differ only in options.precision
+    hold the same feature (differing_settings): this run's rows are added and the record lists both.
     """
     from feature_extraction.atomic import write_json
 
@@ -119,10 +128,20 @@ def check_folders(out, extractors, max_seconds, overwrite, ids):
             meta = json.loads(json.dumps({**meta, "max_seconds": max_seconds}))
             path = out / folder / "_feature.json"
             if path.exists():
-                a, b = flat(json.loads(path.read_text(encoding="utf-8"))), flat(meta)
-                keys = sorted(k for k in a.keys() | b.keys() if a.get(k) != b.get(k))  # absent = null
+                made = json.loads(path.read_text(encoding="utf-8"))
+                keys = differing_settings(made, meta)
                 if not keys:
+                    options = made.get("options") or {}
+                    had = options.get("precision") or "float32"  # absent: made before the flag, in float32
+                    adds = (meta.get("options") or {}).get("precision") or "float32"
+                    precisions = "+".join(sorted(set(had.split("+")) | {adds}))  # e.g. bfloat16+float32
+                    if precisions != had:
+                        print(f"{out / folder}: made with precision {had}, this run adds {adds} rows (within the "
+                              f"accuracy bar of float32); its _feature.json now records precision {precisions}",
+                              file=sys.stderr)
+                        write_json(path, {**made, "options": {**options, "precision": precisions}})
                     continue
+                a, b = flat(made), flat(meta)
                 made = f"{out / folder}: made with {settings_text(a, keys)}, this run uses {settings_text(b, keys)}"
                 contents = folder_contents(out / folder, ids)
                 if not overwrite:

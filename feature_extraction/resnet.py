@@ -7,7 +7,7 @@ the post-ReLU global-average-pool vector, as video_features writes it. tests/tes
 it against torchvision's resnet101 (not imported here: importing torchvision takes 2-3 s).
 Preprocessing is torchvision's ImageClassification preset: short side to 256 (bilinear,
 antialiased), center crop 224, ImageNet mean/std. The network runs as inference.prepare makes it
-(frozen with oneDNN fusion on CPU; --precision on CUDA).
+(BatchNorm folded, bfloat16 where --precision auto picks it on the CPU; autocast on CUDA).
 """
 import torch
 from torch import nn
@@ -122,8 +122,7 @@ def add_arguments(parser):
 def build(args):
     from feature_extraction.weights import checkpoint_path
 
-    depth, precision = args.resnet, args.precision
-    inference.check_precision(precision, args.device)
+    depth, precision = args.resnet, inference.resolve(args.precision, args.device, "resnet")
     name = f"resnet{depth}"
     path = checkpoint_path(name, args.weights)
     options = {"preprocess": "resize256-bilinear-antialias/crop224/imagenet-norm", "frame_offset": 0.5}
@@ -132,7 +131,6 @@ def build(args):
     info = provenance(name, name, args.weights, options)
 
     def load():
-        example = torch.zeros(1, 3, PREPROCESS.crop, PREPROCESS.crop)
-        return inference.prepare(load_model(path, depth), example, args.device, precision)
+        return inference.prepare(load_model(path, depth), args.device, precision)
 
     return FramewiseExtractor("resnet", name, load, PREPROCESS, info, args.batch_size, args.device)

@@ -223,18 +223,26 @@ class VGGishExtractor(Extractor):
 def add_arguments(parser):
     parser.add_argument("--pca", action="store_true",
                         help="apply AudioSet's PCA, clipping and 8-bit quantisation to VGGish rows "
-                        "(values 0..255, folder vggish_pca); by default the raw 128-d embeddings "
-                        "with the final ReLU, as video_features writes them (folder vggish)")
+                        "(values 0..255, folder vggish_pca; the network then runs in float32 whatever "
+                        "--precision says: bfloat16 changes a third of the bytes); by default the raw 128-d "
+                        "embeddings with the final ReLU, as video_features writes them (folder vggish)")
 
 
 def build(args):
     from feature_extraction import weights
 
     pca = args.pca
+    precision = inference.resolve(args.precision, args.device, "vggish")
+    # On CUDA --precision acts on resnet and clip, as before. The 8-bit PCA output needs float32: bfloat16 rows,
+    # within cosine 0.9999 of float32, changed a third of its bytes on the test clips (tests/test_precision.py).
+    if pca or torch.device(args.device).type == "cuda":
+        precision = "float32"
     path = weights.checkpoint_path("vggish", args.weights)
     info = {"model": "vggish", **weights.provenance("vggish", args.weights),
             "options": {"pca": pca, "example_seconds": 0.96, "hop_seconds": 1.0},
             "rate": 1.0}
+    if precision != "float32":  # absent means float32, as in folders made before the flag
+        info["options"]["precision"] = precision
     if pca:
         pca_info = weights.provenance("vggish_pca", args.weights)
         info["options"].update(pca_checkpoint=pca_info["checkpoint"], pca_sha256=pca_info["sha256"])
@@ -244,6 +252,6 @@ def build(args):
         raise weights.WeightsError(str(e)) from None
 
     def load():
-        return inference.prepare(load_model(path), torch.zeros(1, EXAMPLE_FRAMES, N_MELS), args.device)
+        return inference.prepare(load_model(path), args.device, precision)
 
     return VGGishExtractor(load, postprocess, info, args.batch_size, args.device)

@@ -26,6 +26,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from feature_extraction import inference
 from feature_extraction.atomic import atomic_path
 from feature_extraction.base import Extractor, InputError
 
@@ -51,6 +52,7 @@ class Wav2CLIP(nn.Module):
     def __init__(self):
         super().__init__()
         self.register_buffer("window", torch.hann_window(N_FFT))
+        self.dtype = torch.float32  # of the encoder and transform: bfloat16 after build()'s inference.for_cpu
         import torchvision  # here, not at import: importing it takes 2-3 s (it imports torch._dynamo)
 
         self.encoder = torchvision.models.ResNet(torchvision.models.resnet.BasicBlock, [2, 2, 2, 2])
@@ -66,8 +68,8 @@ class Wav2CLIP(nn.Module):
         return torch.log(spec.abs().pow(2) + LOG_OFFSET)[:, None]
 
     def embed(self, spec):
-        """Normalised (N, 1, 257, F) spectrograms -> (N, 512)."""
-        return self.transform(self.encoder(spec))
+        """Normalised (N, 1, 257, F) float32 spectrograms -> (N, 512) float32, computed in `self.dtype`."""
+        return self.transform(self.encoder(inference.channels_last(spec.to(self.dtype)))).float()
 
     def forward(self, waveforms):
         """The package's utterance mode: one normalisation over the whole batch."""
@@ -134,14 +136,18 @@ class Wav2CLIPExtractor(Extractor):
     audio_rate = SAMPLE_RATE
     needs_audio = True
 
-    def __init__(self, load_model, provenance, batch_size=16, device="cpu"):
+    def __init__(self, load_model, provenance, batch_size=16, device="cpu", precision="float32"):
         """`load_model()` returns the Wav2CLIP module; load() calls it once, so that building is cheap."""
         self.load_model, self.model, self.provenance = load_model, None, provenance
-        self.batch_size, self.device = max(1, int(batch_size)), device
+        self.batch_size, self.device, self.precision = max(1, int(batch_size)), device, precision
 
     def outputs(self):
-        rows = {**self.provenance, "options": {"rows": "1 s frames, one normalisation over all frames of the file"}}
-        track = {**self.provenance, "options": {"embedding": "whole waveform in one pass (get_model())"}, "rate": None}
+        # absent precision means float32, as in folders made before the flag
+        precision = {"precision": self.precision} if self.precision != "float32" else {}
+        rows = {**self.provenance, "options": {"rows": "1 s frames, one normalisation over all frames of the file",
+                                               **precision}}
+        track = {**self.provenance, "options": {"embedding": "whole waveform in one pass (get_model())", **precision},
+                 "rate": None}
         return {"wav2clip": rows, "wav2clip_track": track}
 
     def files(self, vid):
@@ -193,11 +199,18 @@ def build(args):
 
     path = weights.checkpoint_path("wav2clip", args.weights)
     info = {"model": "wav2clip", **weights.provenance("wav2clip", args.weights), "rate": 1.0}
+    cpu = torch.device(args.device).type == "cpu"
+    precision = inference.resolve(args.precision, args.device, "wav2clip") if cpu else "float32"  # CUDA: as before
 
     def load():
         try:
-            return load_model(path).to(args.device)
+            model = load_model(path).to(args.device)
         except ValueError as e:
             raise weights.WeightsError(str(e)) from None
+        if cpu:  # the spectrogram stays float32; the ResNet-18 and the projection run in `precision`
+            inference.for_cpu(model.encoder, precision)
+            inference.for_cpu(model.transform, precision)
+            model.dtype = inference.DTYPES[precision]
+        return model
 
-    return Wav2CLIPExtractor(load, info, args.batch_size, args.device)
+    return Wav2CLIPExtractor(load, info, args.batch_size, args.device, precision)

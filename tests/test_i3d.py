@@ -65,7 +65,7 @@ def test_flow_quantisation_as_video_features():
 
 def _args(**kw):
     base = dict(device="cpu", weights="random", i3d_fps=32.0, flow_method="farneback", raft_iters=20,
-                i3d_concat=False, i3d_imagenet=False, fp16=False)
+                i3d_concat=False, i3d_imagenet=False, fp16=False, precision="auto")
     base.update(kw)
     return argparse.Namespace(**base)
 

@@ -70,32 +70,32 @@ def test_two_inputs_are_joined_alike():
     torch.testing.assert_close(shared(a, b), a - b)
 
 
-def test_autocast_precision_runs_and_stays_close_to_float32():
-    """The half-precision path (autocast; CUDA at the command line) exercised on the CPU with bfloat16."""
+def test_bfloat16_on_the_cpu_runs_and_stays_close_to_float32():
+    """The CPU's bfloat16 path (BatchNorm folded, bfloat16 weights): float32 in and out."""
     torch.manual_seed(0)
-    model = torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3), torch.nn.ReLU(), torch.nn.AdaptiveAvgPool2d(1),
-                                torch.nn.Flatten(), torch.nn.Linear(8, 5))
+    model = torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3), torch.nn.BatchNorm2d(8), torch.nn.ReLU(),
+                                torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten(), torch.nn.Linear(8, 5)).eval()
     x = torch.randn(4, 3, 16, 16)
     with torch.no_grad():
         want = model(x)
-    got = inference.prepare(model, x[:1], "cpu", "bfloat16")(x)
+    got = inference.prepare(model, "cpu", "bfloat16")(x)
     assert got.dtype == torch.float32 and got.shape == (4, 5)
+    assert isinstance(model[1], torch.nn.Identity) and model[0].weight.dtype == torch.bfloat16  # folded, converted
     assert not torch.equal(got, want)  # it did run in bfloat16
     assert torch.nn.functional.cosine_similarity(got, want).min() > 0.99
 
 
 def test_precision_flag(vmr_env, make_clip, tmp_path, capsys):
     parser = pipeline.build_parser(extract.feature_modules())
-    assert parser.parse_args(["--videos", "v", "--out", "o"]).precision == "float32"
-    assert "--precision {float32,float16,bfloat16}" in parser.format_help()
+    assert parser.parse_args(["--videos", "v", "--out", "o"]).precision == "auto"
+    assert "--precision {auto,float32,float16,bfloat16,int8}" in parser.format_help()
     with pytest.raises(SystemExit):
         parser.parse_args(["--videos", "v", "--out", "o", "--precision", "half"])
     assert "invalid choice: 'half'" in capsys.readouterr().err
     clip = make_clip("v.mp4", seconds=1.2)
-    for precision in ("float16", "bfloat16"):
-        with pytest.raises(SystemExit, match=f"--precision {precision} needs --device cuda; the CPU runs float32"):
-            extract.main(["--videos", str(clip), "--out", str(tmp_path / "out"), "--features", "clip",
-                          "--weights", "random", "--precision", precision])
+    with pytest.raises(SystemExit, match="--precision float16 needs --device cuda; the CPU runs float32 or bfloat16"):
+        extract.main(["--videos", str(clip), "--out", str(tmp_path / "out"), "--features", "clip",
+                      "--weights", "random", "--precision", "float16"])
     assert not (tmp_path / "out").exists()  # stopped before any work
 
 

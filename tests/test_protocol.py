@@ -146,3 +146,18 @@ def test_provenance_of_another_kind_is_refused_whatever_the_width(tmp_path):
     with pytest.raises(ValueError, match=r"audio features .* are vggish \(official weights, sha256 abababababab, pca True\), "
                                          r"the checkpoint was trained on vggish \(official weights"):
         check_provenance({"video": {"model": "clip", "weights": "official"}, "audio": official}, tmp_path, "test")
+
+
+def test_features_that_differ_only_in_precision_are_the_same_feature(tmp_path):
+    """A float32 model reads bfloat16 rows (within the accuracy bar, tests/test_precision.py); any other difference
+    in the record is refused."""
+    from vmr.runs import check_folder, same_feature
+
+    record = {"model": "clip", "weights": "official", "options": {"l2": False}}
+    assert same_feature(record, {**record, "options": {"l2": False, "precision": "bfloat16"}})
+    assert same_feature({"model": "vggish"}, {"model": "vggish", "options": {"precision": "bfloat16+float32"}})
+    assert not same_feature(record, {**record, "options": {"l2": True, "precision": "bfloat16"}})
+    (tmp_path / "_feature.json").write_text(json.dumps({**record, "options": {"l2": False, "precision": "bfloat16"}}))
+    check_folder({"video": record}, "video", [tmp_path], "query")  # no error
+    with pytest.raises(ValueError, match="trained on clip"):
+        check_folder({"video": {**record, "weights": "random"}}, "video", [tmp_path], "query")
