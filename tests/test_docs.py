@@ -127,5 +127,17 @@ def test_benchmark_tables_are_rendered_from_the_json(site):
     recorded["scale"]["sizes"][1]["stages"]["vmnet_train"]["peak_rss_mib"] = 2222
     assert "<td>VGGish</td>\n<td>38.5</td>\n<td>42.5</td>\n<td><strong>0.91</strong> (CPU seconds 0.94)</td>" in page
     networks = (site / "feature-extraction" / "index.html").read_text()
-    assert "<td>ResNet-101</td>\n<td>2.35 frames/s</td>\n<td>2.7</td>\n<td>3.69</td>" in networks
+    assert "<td>ResNet-101</td>\n<td>5.26 frames/s</td>\n<td>6.26</td>\n<td>6.23</td>" in networks
+    assert "<td>0.999995</td>" in networks and "<td>— (no Linear layers)</td>" in networks
+    # bench_networks.py's first format (one prepared variant, "ours") still renders
+    first = {"batch": 16, **{key: {"eager_b1": 2.35, "eager_batch": 2.7, "ours": 3.69, "speedup": 1.57,
+                                   "wall_speedup": 1.94, "prepare_s": 7.3} for _, key, _ in hooks.NETWORKS}}
+    assert "| ResNet-101 | 2.35 frames/s | 2.7 | 3.69 | **1.57x** (wall 1.94x) | 7.3 s |" in hooks.networks_markdown(first)
+    # bench_i3d_flow.py since --precision: I3D + Farneback as before, and the speed-up over it
+    recorded["i3d_flow"]["i3d"]["farneback_before"] = {"pipeline_x_realtime": 0.13, "model_only_x_realtime": 0.12,
+                                                       "ratio": 1.01, "cpu_ratio": 0.98}
+    recorded["i3d_flow"]["i3d"]["farneback_speedup"] = 2.54
+    table = hooks.throughput_markdown(recorded)
+    assert "| I3D RGB + Farneback, as before `--precision` | 0.13 | 0.12 | **1.01** (CPU seconds 0.98) |" in table
+    assert "I3D + Farneback now runs **2.54x** as fast" in table
     assert "| VM-NET training, 1 epoch | 957 MiB | 2,222 MiB |" in hooks.scale_markdown(recorded["scale"])
