@@ -141,7 +141,7 @@ def mgsv_estimate(threads, root, n=600, n_test=150):
         n_train = len((data / "train.csv").read_text().split()) - 1
         test_seconds, _ = tool(f"{model}/test.py", "--checkpoint", data / model / "best.pt", "--test_data_dir", data,
                                "--test_csv_path", data / "test.csv", "--out", data / model / "eval" / "metrics.json",
-                               "--threads", threads, *extra)
+                               "--threads", threads)
         tracks = json.loads((data / model / "eval" / "metrics.json").read_text())["gallery"]
         per_video, per_pair = training["seconds_per_epoch"] / n_train, test_seconds / (n_test * tracks)
         out[model] = {"seconds_per_training_video_epoch": round(per_video, 5), "test_seconds": round(test_seconds, 1),
