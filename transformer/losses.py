@@ -1,7 +1,7 @@
 """Training losses on the per-second embeddings of a batch of B items laid on their time axes (B, T, E).
 
-Inter-modal: item i's video against every item's music, scored as at test time (aligned and pooled, see
-scoring.py), by temperature-scaled InfoNCE (default) or VM-NET's hinge over the k hardest negatives. All
+Inter-modal: item i's video against every item's music (each item's music is its video's moment, so the
+aligned score has one offset, the one moment search finds for a positive; see scorer.py), by temperature-scaled InfoNCE (default) or VM-NET's hinge over the k hardest negatives. All
 music in a batch is cut at its own change points, never at the anchor's video boundaries, so no score
 can tell the positive by its segment lengths.
 

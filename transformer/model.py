@@ -3,8 +3,9 @@ embeddings that know their neighbours.
 
 Video is cut at its flow segments and music at its own change points (vmr.segments), each encoded on its
 own, and the outputs are laid back on the track's time axis: one unit vector per second per modality.
-Two track scores follow from them (transformer/scoring.py): pooled = cosine of the renormalised means,
-aligned = mean over the common seconds of the cosine of the time-aligned vectors.
+Two track scores follow from them (transformer/scorer.py): pooled = cosine of the renormalised means,
+aligned = the mean cosine of the time-aligned vectors at the offset where the video fits the track best
+(moment search; vmr.moments).
 
 Inputs are standardised with the training split's mean and std (stored as buffers, so a checkpoint
 carries them). Layers are pre-norm. Order enters only through the attention: each head adds
@@ -112,13 +113,3 @@ class SegmentTransformer(nn.Module):
         for encoder, mean, std in ((self.video, video_mean, video_std), (self.audio, audio_mean, audio_std)):
             encoder.mean.copy_(torch.as_tensor(mean, dtype=torch.float32))
             encoder.std.copy_(standard_deviation(std))
-
-
-def load_model(checkpoint_path):
-    """(model in eval mode, checkpoint dict) from a train.py checkpoint (loaded with weights_only=True)."""
-    checkpoint = torch.load(checkpoint_path, map_location="cpu", weights_only=True)
-    if checkpoint.get("model_type") != "transformer":
-        raise ValueError(f"{checkpoint_path}: not a segment Transformer checkpoint")
-    model = SegmentTransformer(**checkpoint["config"])
-    model.load_state_dict(checkpoint["model"])
-    return model.eval(), checkpoint
