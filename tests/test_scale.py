@@ -150,10 +150,16 @@ def test_chunked_ranks_equal_dense_ranks_with_ties(dtype):
 
 
 def test_top_k_equals_stable_argsort():
+    """metrics.top_k, and the answers retrieval and test.py give (vmr.scorer.answers): equal scores in library order,
+    also at the cut of a shorter candidate list."""
+    from vmr.scorer import Scorer, answers
+
     rng = np.random.default_rng(2)
     scores = rng.integers(0, 5, size=(70, 90)).astype(np.float32)
     for k in (1, 5, 90, 200):
         assert np.array_equal(M.top_k(scores, k, chunk=16), np.argsort(-scores, axis=1, kind="stable")[:, :k])
+        idx, _ = answers(Scorer(), {"pooled": scores}, {"pooled": np.eye(90, dtype=np.float32)}, k)
+        assert np.array_equal(idx, np.argsort(-scores, axis=1, kind="stable")[:, :k])
 
 
 def clustered(n, dim, clusters, rng, spread=0.5):

@@ -22,7 +22,7 @@ in vmr/zeroshot.py and vmr/baselines.py); nothing here imports them.
 import numpy as np
 import torch
 
-from vmr.metrics import check_finite
+from vmr.metrics import check_finite, top_k
 from vmr.moments import best_window, pair_moment_scores, window_means
 from vmr.search import search
 
@@ -152,9 +152,11 @@ def candidates(scorer, queries, library, k, index=None):
     is small enough), by exact search or through a FAISS index over library["pooled"] (-1 = none found)."""
     n_tracks = len(library["pooled"])
     depth = n_tracks if scorer.scoring == "aligned" and scorer.rerank <= 0 else max(k, scorer.rerank)
-    if depth >= n_tracks and index is None:
+    if index is not None:
+        return search(library["pooled"], queries["pooled"], min(depth, n_tracks), index)[0]
+    if depth >= n_tracks:
         return np.tile(np.arange(n_tracks), (len(queries["pooled"]), 1))
-    return search(library["pooled"], queries["pooled"], min(depth, n_tracks), index)[0]
+    return top_k(queries["pooled"] @ library["pooled"].T, depth)  # equal scores at the cut: the lower index, as answers
 
 
 def candidate_scores(scorer, queries, library, cand):
