@@ -81,6 +81,16 @@ def read_moments(data_dir):
     return out
 
 
+def read_rows(path, dim):
+    """(T, dim) float32 rows of a feature file; ValueError naming what it holds instead (NaN or inf included)."""
+    x = np.load(path, allow_pickle=False)
+    if x.ndim != 2 or x.shape[1] != dim or len(x) == 0:
+        raise ValueError(f"expected ({'T'}, {dim}) features, got shape {x.shape}")
+    if not np.isfinite(x).all():
+        raise ValueError(f"{int(x.size - np.isfinite(x).sum())} values are NaN or inf")
+    return x.astype(np.float32)
+
+
 def load_pair(data_dir, vid, max_seconds=None, dims=None, moment=None):
     """(video (T, Dv), audio (T, Da)) float32, paired second by second: rows [0, min(Tv, Ta[, max_seconds])) of
     DATA/video/<id>.npy and DATA/audio/<id>.npy, or with a moment (start, end, track) (read_moments) the

@@ -23,10 +23,11 @@ from feature_extraction.atomic import write_json
 from vmr import metrics as M
 from vmr.baselines import BaselineScorer, tuned_aligned_linear, tuned_cca
 from vmr import moments as moments_metrics
-from vmr.data import Gallery, check_dims, check_overlap, feature_names, load_gallery, load_sequences, read_groups, read_ids
+from vmr.data import (Gallery, check_dims, check_overlap, feature_names, load_gallery, load_sequences, read_groups, read_ids,
+                      read_rows)
 from vmr.runs import check_provenance, random_weight_kinds
 from vmr.scorer import answers, embed_library, embed_query_set, moments, score_rows, shown
-from vmr.zeroshot import ROWS, ZeroShotScorer, load_rows
+from vmr.zeroshot import DIM, ROWS, ZeroShotScorer
 
 TOP = 5  # answers per query in retrieval.json
 ANSWERS = 10  # answers per query with their moments: the "retrieved" reading of MoR@K for K <= 10
@@ -137,8 +138,8 @@ def zeroshot_block(clip_dir, wav2clip_dir, ids, groups=None, music="track"):
     for vid in ids:
         files = Path(clip_dir) / f"{vid}.npy", Path(wav2clip_dir) / f"{vid}.npy"
         try:
-            videos.append(load_rows(files[0]))
-            tracks[vid] = load_rows(files[1])
+            videos.append(read_rows(files[0], DIM))
+            tracks[vid] = read_rows(files[1], DIM)
         except (OSError, ValueError) as e:
             raise ValueError(f"{vid}: {e}") from None
         paths[vid] = files[1]

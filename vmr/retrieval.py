@@ -21,6 +21,7 @@ import numpy as np
 
 from feature_extraction.atomic import atomic_path
 from feature_extraction.cli import HelpFormatter
+from vmr.data import read_rows
 from vmr.runs import check_folder
 from vmr.scorer import answers, embed_library, embed_query_set, moments, shown
 from vmr.search import add_search_arguments, index_for
@@ -104,16 +105,6 @@ def check_queries(paths):
         else:
             usable.append(str(query))
     return usable
-
-
-def read_rows(path, dim):
-    """(T, dim) float32 rows of a feature file; ValueError naming what it holds instead (NaN or inf included)."""
-    x = np.load(path, allow_pickle=False)
-    if x.ndim != 2 or x.shape[1] != dim or len(x) == 0:
-        raise ValueError(f"expected ({'T'}, {dim}) features for this model, got shape {x.shape}")
-    if not np.isfinite(x).all():
-        raise ValueError(f"{int(x.size - np.isfinite(x).sum())} values are NaN or inf")
-    return x.astype(np.float32)
 
 
 def check_provenance(scorer, kind, folders, what):

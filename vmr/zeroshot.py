@@ -13,6 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
+from vmr.data import read_rows
 from vmr.metrics import normalize_rows
 from vmr.moments import window_means
 from vmr.scorer import Scorer
@@ -20,14 +21,6 @@ from vmr.scorer import Scorer
 DIM = 512
 ROWS, TRACK = "wav2clip", "wav2clip_track"  # feature folders written by the wav2clip token
 MUSIC = ("track", "rows")
-
-
-def load_rows(path, dim=DIM):
-    """(T, dim) float32 feature rows, or ValueError saying what the file holds instead."""
-    x = np.load(path, allow_pickle=False)
-    if x.ndim != 2 or x.shape[1] != dim or len(x) == 0 or not np.isfinite(x).all():
-        raise ValueError(f"expected finite (T, {dim}) features, got shape {x.shape}")
-    return x.astype(np.float32)
 
 
 def track_file(rows_path):
@@ -51,7 +44,7 @@ def music_vector(rows_path, rows, music="track"):
     if not path.is_file():
         raise ValueError(f"no whole-track embedding {path} (extract with --features wav2clip, or use the mean of the "
                          "rows: --music rows)")
-    track = load_rows(path)
+    track = read_rows(path, DIM)
     if len(track) != 1:
         raise ValueError(f"{path}: expected one (1, {DIM}) whole-track row, got shape {track.shape}")
     return normalize_rows(track)[0]
