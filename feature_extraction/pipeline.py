@@ -45,7 +45,9 @@ def build_parser(modules):
     p.add_argument("--max_seconds", type=float, default=None,
                    help="decode only the first N seconds of each video (the datasets use 360; default: whole video)")
     p.add_argument("--threads", type=int, default=0,
-                   help="torch CPU threads and decoder threads (default 0: the libraries' own choice)")
+                   help="torch CPU threads and video decoder threads (default 0: torch's own choice; the decoder "
+                        "uses one thread below 1280x720, where FFmpeg's frame threads cost more CPU than they save, "
+                        "and FFmpeg's frame threads from there on)")
     p.add_argument("--overwrite", action="store_true",
                    help="redo this run's videos even when their files exist (other videos' files are kept); a "
                         "folder made with other settings is deleted first (the run says what it held)")

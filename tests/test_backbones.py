@@ -165,6 +165,13 @@ def test_random_clip_archive_matches_openai_visual(weights_cache):
     assert {int(state[k]) for k in ("input_resolution", "context_length", "vocab_size")} == {224, 77, 49408}
     assert all(v.dtype == torch.float16 for k, v in state.items() if v.is_floating_point())
     assert sum(k.endswith("attn.in_proj_weight") and k.startswith("visual.") for k in state) == 12
+    with warnings.catch_warnings():  # torch.jit.load, the reference reader, is deprecated
+        warnings.simplefilter("ignore")
+        scripted = torch.jit.load(str(weights_cache / "random" / "ViT-B-32.pt")).state_dict()
+    assert set(scripted) == set(state)
+    assert all(state[k].dtype == v.dtype and torch.equal(state[k], v) for k, v in scripted.items())
+    visual = our_clip.read_state_dict(weights_cache / "random" / "ViT-B-32.pt", "visual.")
+    assert set(visual) == {k for k in state if k.startswith("visual.")}
 
     ours = our_clip.build_visual(state)
     reference = VisionTransformer(224, 32, 768, 12, 12, 512)  # clip-anytorch's, as build_model makes it

@@ -8,7 +8,7 @@ import pytest
 import resampy
 
 from feature_extraction.base import Extractor, InputError
-from feature_extraction.decode import FrameClock, KaiserBest, StreamResampler, kaiser_best, run_pass
+from feature_extraction.decode import FrameClock, KaiserBest, StreamResampler, kaiser_best, open_video, run_pass
 from feature_extraction.make_sample import ffmpeg_exe, run_ffmpeg
 
 
@@ -117,6 +117,7 @@ def test_kaiser_best_equals_resampy(sr_in):
     x[: sr_in // 10] = np.sin(np.arange(sr_in // 10) * 0.3)  # a tone near the cut-off as well as noise
     ours = kaiser_best(sr_in, 16000)
     assert isinstance(ours, KaiserBest) == (sr_in != 44056)  # odd rates (large weight matrix) run resampy
+    assert kaiser_best(sr_in, 16000) is ours  # the weights are built once per pair of rates
     whole = resampy.resample(x, sr_in, 16000, filter="kaiser_best")
     y = ours(x)
     assert len(y) == len(whole)
@@ -142,6 +143,14 @@ def test_streaming_resampler_equals_whole_signal_resampy(sr_in, sr_out):
     assert y.dtype == np.float32 and len(y) == len(whole)
     np.testing.assert_allclose(y, whole, atol=1e-6)
     assert biggest <= r.block + 2 * r.context + 3000  # memory does not grow with the signal
+
+
+def test_frames_under_720p_decode_on_one_thread(make_clip):
+    small, hd = make_clip("small.mp4", seconds=1), make_clip("hd.mp4", seconds=1, width=1280, height=720)
+    for path, threads, want in ((small, 0, 1), (small, 3, 3), (hd, 0, 0)):  # 0: FFmpeg's frame threads
+        container, vstream, _, _ = open_video(path, threads)
+        assert vstream.codec_context.thread_count == want
+        container.close()
 
 
 def test_max_seconds_cuts_both_streams(make_clip):
