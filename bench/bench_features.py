@@ -13,7 +13,9 @@ fresh process per network, each decoding the clip itself and calling the plain e
 torch.no_grad one frame (or example) at a time (`--batch_size 1 --precision float32`, inference.prepare
 swapped for the eager module). It shares our decoding and preprocessing, which are
 faster than video_features' per-frame PIL transforms, so it is a conservative stand-in. The one-pass run
-goes before and after the three (mean of the two): machine drift counts against both sides alike.
+goes before and after the three (mean of the two): machine drift counts against both sides alike. On a CPU with
+int8 dot products the same one pass at `--precision int8` (ResNet and VGGish in int8, CLIP in bfloat16) is timed
+the same way (`speedup_int8`), after the throughput of ResNet and VGGish in int8 (`throughput_int8`).
 
     python bench/bench_features.py            # prints the dict that bench/run.py merges
     BENCH_DEVICE=cuda python bench/run.py --only features
@@ -118,13 +120,13 @@ def throughput(clip, device, tokens=TOKENS, extra=()):
     return out
 
 
-def extract_run(clip, out, device, env):
-    """`extract.py` in a fresh subprocess: peak RSS (MiB), wall seconds and its summary's start-up and
+def extract_run(clip, out, device, env, extra=()):
+    """`extract.py` (more arguments: `extra`) in a fresh subprocess: peak RSS (MiB), wall seconds and its summary's start-up and
     model-loading seconds. The peak is the process's own VmHWM: getrusage's ru_maxrss in a child
     starts at its parent's resident size (this benchmark's, models loaded) on Linux."""
     code = ("import sys; from feature_extraction import extract; "
             f"code = extract.main(['--videos', {str(clip)!r}, '--out', {str(out)!r}, '--features', *{TOKENS!r}, "
-            f"'--weights', 'random', '--device', {device!r}]); "
+            f"'--weights', 'random', '--device', {device!r}, *{list(extra)!r}]); "
             "print('RSS', next(line for line in open('/proc/self/status') if line.startswith('VmHWM')).split()[1]); "
             "sys.exit(code)")
     start = time.perf_counter()
@@ -172,9 +174,13 @@ def eager_processes(clip, out, device, env):
     return walls
 
 
+INT8 = ["--precision", "int8"]
+
+
 def run():
     import torch
 
+    from feature_extraction import inference
     from feature_extraction.make_sample import make_clip
 
     device = os.environ.get("BENCH_DEVICE", "cuda" if torch.cuda.is_available() else "cpu")
@@ -188,13 +194,18 @@ def run():
                                  motion=[(0, seconds)]) for name, seconds in (("short", short), ("long", long))}
         from bench_networks import cpu_flags
 
+        int8 = device == "cpu" and bool(inference.cpu_flags() & inference.VNNI_FLAGS)
         result = {"device": device, "cpu": cpu_flags(), "torch_threads": torch.get_num_threads(),
                   "clip": f"320x240 25 fps h264 + aac stereo 44.1 kHz, {short:g} s and {long:g} s",
                   "throughput": throughput(clips["short"], device)}
+        if int8:
+            result["throughput_int8"] = throughput(clips["short"], device, ["resnet", "vggish"], ["--precision", "int8"])
         runs = {"short": extract_run(clips["short"], Path(tmp) / "out", device, env),
                 "short_nothing_to_do": extract_run(clips["short"], Path(tmp) / "out", device, env),
                 "long": extract_run(clips["long"], Path(tmp) / "out_long", device, env)}
         runs["rss_ratio_long_to_short"] = round(runs["long"]["peak_rss_mib"] / runs["short"]["peak_rss_mib"], 3)
+        if int8:
+            runs["short_int8"] = extract_run(clips["short"], Path(tmp) / "out_int8", device, env, INT8)
         result["extract_py"] = runs
         eager = eager_processes(clips["short"], Path(tmp) / "out_eager", device, env)
         again = extract_run(clips["short"], Path(tmp) / "out_again", device, env)
@@ -202,6 +213,11 @@ def run():
         result["end_to_end"] = {"one_pass_wall_s": [runs["short"]["wall_s"], again["wall_s"]],
                                 "eager_processes_wall_s": eager, "eager_total_wall_s": round(sum(eager.values()), 1),
                                 "speedup": round(sum(eager.values()) / one_pass, 2), "goal": 3.0}
+        if int8:
+            walls = [runs["short_int8"]["wall_s"],
+                     extract_run(clips["short"], Path(tmp) / "out_int8_again", device, env, INT8)["wall_s"]]
+            result["end_to_end"].update(one_pass_int8_wall_s=walls,
+                                        speedup_int8=round(sum(eager.values()) / (sum(walls) / 2), 2))
     return result
 
 

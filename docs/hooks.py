@@ -215,6 +215,8 @@ def scale_markdown(result):
 
 THROUGHPUT_ROWS = (("ResNet-101", "features", "throughput", "resnet"), ("CLIP ViT-B/32", "features", "throughput", "clip"),
                    ("VGGish", "features", "throughput", "vggish"),
+                   ("ResNet-101, `--precision int8`", "features", "throughput_int8", "resnet"),
+                   ("VGGish, `--precision int8`", "features", "throughput_int8", "vggish"),
                    ("I3D RGB + Farneback flow (4 s clip)", "i3d_flow", "i3d", "farneback"),
                    ("I3D RGB + Farneback, as before `--precision`", "i3d_flow", "i3d", "farneback_before"),
                    ("I3D RGB + TV-L1 flow (4 s clip)", "i3d_flow", "i3d", "tvl1"),
@@ -258,23 +260,52 @@ def networks_markdown(result):
                          f"**{r['speedup']:.2f}x** (wall {r['wall_speedup']:.2f}x) | {r['prepare_s']:g} s |")
         return "\n".join(lines) + "\n"
     lines = ["| network | eager float32, batch 1 | frozen float32 (shipped before) | float32 now | **bfloat16** | "
-             "int8, torch.ao dynamic | bfloat16 / frozen | bfloat16 min cosine | prepare (float32, bfloat16) |",
-             "|---|---|---|---|---|---|---|---|---|"]
+             "**int8** (`--precision int8`) | torch.ao int8: dynamic, static | bfloat16 / frozen | min cosine: "
+             "bfloat16, int8 | prepare: float32, bfloat16, int8 (calibrating) |", "|---|---|---|---|---|---|---|---|---|---|"]
     for label, key, unit in NETWORKS:
         r = result[key]
-        int8 = (f"{r['int8_dynamic']:g} (cosine {r['int8_dynamic_cosine_min']:g})" if "int8_dynamic" in r
-                else "— (no Linear layers)")
+        ours = (f"**{r['int8']:g}** ({r['int8_over_bfloat16']:.2f}x bfloat16)" if "int8" in r else "— (bfloat16)")
+        dynamic = f"{r['int8_dynamic']:g}" if "int8_dynamic" in r else "—"
+        static = (f"{r['int8_static']:g} (cosine {r['int8_static_cosine_min']:g})" if "int8_static" in r else "—")
+        cosines = f"{r['bfloat16_cosine_min']:g}" + (f", {r['int8_cosine_min']:g}" if "int8" in r else "")
+        prepare = f"{r['float32_prepare_s']:g} s, {r['bfloat16_prepare_s']:g} s" + (
+            f", {r['int8_prepare_s']:g} s ({r['int8_calibrate_s']:g} s)" if "int8" in r else "")
         lines.append(f"| {label} | {r['eager_b1']:g} {unit} | {r['frozen_float32']:g} | {r['float32']:g} | "
-                     f"**{r['bfloat16']:g}** ({r['speedup_bfloat16']:.2f}x eager) | {int8} | "
-                     f"**{r['bfloat16_over_frozen']:.2f}x** | {r['bfloat16_cosine_min']:g} | "
-                     f"{r['float32_prepare_s']:g} s, {r['bfloat16_prepare_s']:g} s |")
+                     f"**{r['bfloat16']:g}** ({r['speedup_bfloat16']:.2f}x eager) | {ours} | {dynamic}, {static} | "
+                     f"**{r['bfloat16_over_frozen']:.2f}x** | {cosines} | {prepare} |")
+    return "\n".join(lines) + "\n"
+
+
+def end_to_end_markdown(result):
+    """bench_features.py's one extract.py pass of resnet clip vggish against three eager float32 processes."""
+    e, runs = result["end_to_end"], result["extract_py"]
+    eager = ", ".join(f"{k} {v:g}" for k, v in e["eager_processes_wall_s"].items())
+    lines = ["| measure | result | goal |", "|---|---|---|",
+             f"| three eager float32 processes (video_features' way), wall | {e['eager_total_wall_s']:g} s ({eager}) | |",
+             f"| one pass, `--precision auto`, wall (before and after the three) | "
+             f"{' and '.join(f'{w:g} s' for w in e['one_pass_wall_s'])} | |",
+             f"| speed-up, `auto` | **{e['speedup']:.2f}x** | {e['goal']:g}x |"]
+    if "speedup_int8" in e:
+        lines += [f"| one pass, `--precision int8`, wall (before and after) | "
+                  f"{' and '.join(f'{w:g} s' for w in e['one_pass_int8_wall_s'])} | |",
+                  f"| speed-up, `int8` | **{e['speedup_int8']:.2f}x** | {e['goal']:g}x |"]
+    short, long = runs["short"], runs["long"]
+    lines += [f"| peak RSS, `auto` | {short['peak_rss_mib']:,.0f} MiB | 2.2 GB |",
+              f"| start-up, model loading (`auto`) | {short['startup_s']:g} s, {short['model_loading_s']:g} s | |",
+              f"| rerun with nothing to do | {runs['short_nothing_to_do']['wall_s']:g} s, "
+              f"{runs['short_nothing_to_do']['peak_rss_mib']:,.0f} MiB | |",
+              f"| 10x longer clip, peak RSS | {long['peak_rss_mib']:,.0f} MiB (ratio {runs['rss_ratio_long_to_short']:.2f}) | "
+              "flat |"]
+    if "short_int8" in runs:
+        lines.append(f"| peak RSS, `int8` | {runs['short_int8']['peak_rss_mib']:,.0f} MiB | 2.2 GB |")
     return "\n".join(lines) + "\n"
 
 
 # <!-- bench:NAME --> -> the markdown of its table, from the whole bench JSON
 TABLES = {"models": (lambda r: models_markdown(r["models"])), "scale": (lambda r: scale_markdown(r["scale"])),
           "index": (lambda r: index_markdown(r["scale"]["index"])), "throughput": throughput_markdown,
-          "networks": (lambda r: networks_markdown(r["networks"]))}
+          "networks": (lambda r: networks_markdown(r["networks"])),
+          "end_to_end": (lambda r: end_to_end_markdown(r["features"]))}
 
 
 INDEXES = (("VM-NET tracks", "vmnet_tracks"), ("Transformer tracks", "transformer_tracks"),

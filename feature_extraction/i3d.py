@@ -188,7 +188,7 @@ def load_i3d(state_dict):
 
 
 def load_checkpoint(path):
-    return load_i3d(torch.load(path, map_location="cpu", weights_only=True))
+    return load_i3d(inference.read_checkpoint(path))
 
 
 def write_random_checkpoint(path, seed, layout="hassony2", modality="rgb"):

@@ -7,9 +7,12 @@ extract.py decodes at once (--parallel).
   (tests/test_precision.py: mean row cosine to float32 >= 0.995, none below 0.98; VGGish's PCA bytes >= 99 %
   equal): ResNet, CLIP, VGGish, Wav2CLIP, I3D. float32 elsewhere; RAFT always runs float32 on the CPU (its 20
   refinement steps are not checked in bfloat16). Without those flags bfloat16 is emulated and slower.
-- CPU, int8: refused (see INT8_REASON): torch 2.14's own int8 (torch.ao.quantization) is deprecated, was no
-  faster than bfloat16 here (bench/bench_networks.py measures it), and torchao's gets its speed from
-  torch.compile.
+- CPU, int8 (asked for; auto does not pick it): ResNet and VGGish as chains of oneDNN's int8 operators
+  (feature_extraction/int8.py: about twice bfloat16's speed, rows within the int8 bar of float32 on the test
+  clips), on CPUs with int8 dot products (avx512_vnni, avx_vnni or amx_int8; stops with one line elsewhere and
+  on CUDA). The other networks run in what auto picks for them (CLIP's static int8 rows fell to cosine 0.83).
+  auto does not pick int8 because its activation ranges come from a synthetic calibration set whose fit to the
+  official weights on real video could not be checked here; bfloat16 needs no calibration.
 - CUDA: auto is float32 (half precision is opt-in: its rows were checked at cosine 0.99, not at this bar);
   float16 and bfloat16 run under torch.autocast, as before.
 
@@ -28,6 +31,7 @@ batch runs go through the network together as the next batch.
 import ctypes
 import gc
 import threading
+import zipfile
 from pathlib import Path
 
 import torch
@@ -37,9 +41,8 @@ PRECISIONS = ("auto", "float32", "float16", "bfloat16", "int8")
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 BF16_FLAGS = {"avx512_bf16", "amx_bf16"}
 BF16_NETWORKS = {"resnet", "clip", "vggish", "wav2clip", "i3d"}  # bfloat16 rows within the bar (test_precision.py)
-INT8_REASON = ("int8 is not offered: torch 2.14's int8 (torch.ao.quantization) is deprecated and its dynamic int8 "
-               "was no faster than bfloat16 on the CPU (bench/bench_networks.py), and torchao's int8 gets its CPU "
-               "speed from torch.compile (minutes of compiling on a small CPU); use auto or bfloat16")
+VNNI_FLAGS = {"avx512_vnni", "avx_vnni", "amx_int8"}  # int8 dot products; without them int8 is slower
+INT8_NETWORKS = {"resnet", "vggish"}  # with an int8 path (int8.py) whose rows pass the bar
 
 
 def add_arguments(parser):
@@ -47,8 +50,11 @@ def add_arguments(parser):
                         help="precision of the networks. auto (default): on the CPU bfloat16 where it has bfloat16 "
                              "units (avx512_bf16 or amx_bf16 flags) for resnet, clip, vggish, wav2clip and i3d "
                              "(rows at mean cosine >= 0.995 of float32), float32 elsewhere (RAFT: always); on CUDA "
-                             "float32. float16 is for CUDA (resnet, clip); bfloat16 runs on both. "
-                             f"{INT8_REASON}. The folder's _feature.json records the precision used")
+                             "float32. float16 is for CUDA (resnet, clip); bfloat16 runs on both. int8 (CPUs with "
+                             "avx512_vnni, avx_vnni or amx_int8): resnet and vggish as int8 chains with activation "
+                             "ranges calibrated on a synthetic set, about twice bfloat16's speed, rows at mean cosine "
+                             ">= 0.99 of float32 on the test clips; the other features run what auto picks; auto "
+                             "never picks int8. The folder's _feature.json records the precision used")
 
 
 def cpu_flags():
@@ -65,10 +71,15 @@ def cpu_flags():
 
 def resolve(precision, device, network):
     """The precision `network` ("resnet", "clip", "vggish", "wav2clip", "i3d") runs in on `device`;
-    stops with one line for a precision the device cannot run."""
+    stops with one line for a precision the device cannot run. int8 gives "int8" for INT8_NETWORKS only."""
     cuda = torch.device(device).type == "cuda"
     if precision == "int8":
-        raise SystemExit(f"--precision {INT8_REASON}")
+        if cuda:
+            raise SystemExit("--precision int8 is for the CPU; on CUDA use float32, float16 or bfloat16")
+        if not cpu_flags() & VNNI_FLAGS:
+            raise SystemExit("--precision int8 needs a CPU with int8 dot products (avx512_vnni, avx_vnni or "
+                             "amx_int8 flags); this one has none, where int8 runs slower than float32: use auto")
+        return "int8" if network in INT8_NETWORKS else resolve("auto", device, network)
     if precision == "float16" and not cuda:
         raise SystemExit("--precision float16 needs --device cuda; the CPU runs float32 or bfloat16")
     if precision != "auto":
@@ -76,6 +87,13 @@ def resolve(precision, device, network):
     if not cuda and network in BF16_NETWORKS and cpu_flags() & BF16_FLAGS:
         return "bfloat16"
     return "float32"
+
+
+def read_checkpoint(path):
+    """torch.load(path) of a checkpoint of tensors (weights_only), mapped from the file where its format allows
+    (zip, torch >= 1.6): the tensors are then read from the page cache as the network is converted, not copied
+    first. Legacy files (the hassony2 I3D ones) are read whole."""
+    return torch.load(path, map_location="cpu", weights_only=True, mmap=zipfile.is_zipfile(path))
 
 
 def release_freed_memory():

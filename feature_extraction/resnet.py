@@ -12,7 +12,7 @@ antialiased), center crop 224, ImageNet mean/std. The network runs as inference.
 import torch
 from torch import nn
 
-from feature_extraction import inference
+from feature_extraction import inference, int8
 from feature_extraction.atomic import atomic_path
 from feature_extraction.framewise import FramewiseExtractor, ImagePreprocess, provenance
 
@@ -86,7 +86,7 @@ def build_model(state_dict, depth=101):
 
 
 def load_model(path, depth=101):
-    return build_model(torch.load(path, map_location="cpu", weights_only=True), depth)
+    return build_model(inference.read_checkpoint(path), depth)
 
 
 def write_random_checkpoint(path, seed, depth=101):
@@ -131,6 +131,9 @@ def build(args):
     info = provenance(name, name, args.weights, options)
 
     def load():
+        if precision == "int8":
+            return int8.prepare(load_model(path, depth), path,
+                                lambda: int8.calibration_images(IMAGENET_MEAN, IMAGENET_STD))
         return inference.prepare(load_model(path, depth), args.device, precision)
 
     return FramewiseExtractor("resnet", name, load, PREPROCESS, info, args.batch_size, args.device)

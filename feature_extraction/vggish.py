@@ -15,7 +15,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from feature_extraction import inference
+from feature_extraction import inference, int8
 from feature_extraction.atomic import atomic_path
 from feature_extraction.base import Extractor, InputError
 
@@ -90,8 +90,11 @@ class VGGish(nn.Module):
 
 
 def load_model(path):
-    model = VGGish()
-    model.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
+    """VGGish with the state dict at `path` (strict), built on the meta device (no initialisation to overwrite)
+    and given the tensors read_checkpoint maps from the file."""
+    with torch.device("meta"):
+        model = VGGish()
+    model.load_state_dict(inference.read_checkpoint(path), assign=True)
     return model.eval()
 
 
@@ -252,6 +255,8 @@ def build(args):
         raise weights.WeightsError(str(e)) from None
 
     def load():
+        if precision == "int8":
+            return int8.prepare(load_model(path), path, lambda: int8.calibration_examples(log_mel))
         return inference.prepare(load_model(path), args.device, precision)
 
     return VGGishExtractor(load, postprocess, info, args.batch_size, args.device)

@@ -125,10 +125,17 @@ def test_benchmark_tables_are_rendered_from_the_json(site):
     assert "<!-- bench:" not in scale and "<td>1,293 MiB</td>\n<td>1,436 MiB</td>\n<td><strong>1.11</strong></td>" in scale
     assert "<td>Transformer segments, 1,200,000 x 64</td>\n<td>307 MB</td>" in scale
     recorded["scale"]["sizes"][1]["stages"]["vmnet_train"]["peak_rss_mib"] = 2222
-    assert "<td>VGGish</td>\n<td>38.5</td>\n<td>42.5</td>\n<td><strong>0.91</strong> (CPU seconds 0.94)</td>" in page
+    assert "<td>VGGish</td>\n<td>146.01</td>\n<td>186.57</td>\n<td><strong>0.78</strong> (CPU seconds 0.81)</td>" in page
+    assert "<td>VGGish, <code>--precision int8</code></td>\n<td>238.7</td>" in page
+    assert "<td>speed-up, <code>int8</code></td>\n<td><strong>3.18x</strong></td>\n<td>3x</td>" in page
+    assert "<td>peak RSS, <code>auto</code></td>\n<td>1,330 MiB</td>" in page
+    recorded["features"]["end_to_end"]["speedup"] = 9.99
+    assert "| speed-up, `auto` | **9.99x** | 3x |" in hooks.end_to_end_markdown(recorded["features"])
+    del recorded["features"]["end_to_end"]["speedup_int8"]  # a CPU without int8 dot products: no int8 rows
+    assert "speed-up, `int8`" not in hooks.end_to_end_markdown(recorded["features"])
     networks = (site / "feature-extraction" / "index.html").read_text()
-    assert "<td>ResNet-101</td>\n<td>5.26 frames/s</td>\n<td>6.26</td>\n<td>6.23</td>" in networks
-    assert "<td>0.999995</td>" in networks and "<td>— (no Linear layers)</td>" in networks
+    assert "<td>ResNet-101</td>\n<td>5.46 frames/s</td>\n<td>6.42</td>\n<td>6.23</td>" in networks
+    assert "<td>0.999995, 0.999904</td>" in networks and "<td>— (bfloat16)</td>" in networks
     # bench_networks.py's first format (one prepared variant, "ours") still renders
     first = {"batch": 16, **{key: {"eager_b1": 2.35, "eager_batch": 2.7, "ours": 3.69, "speedup": 1.57,
                                    "wall_speedup": 1.94, "prepare_s": 7.3} for _, key, _ in hooks.NETWORKS}}

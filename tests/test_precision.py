@@ -1,5 +1,6 @@
-"""--precision on the CPU: what auto picks, the accuracy bar of bfloat16 rows on real frames and audio (the
-generated test clips, seeded random weights), the records in _feature.json, mixing precisions, int8's refusal."""
+"""--precision on the CPU: what auto picks, the accuracy bars of bfloat16 and int8 rows on real frames and audio
+(the generated test clips, seeded random weights), the records in _feature.json, mixing precisions, int8's
+calibration cache and where int8 is refused."""
 import argparse
 import copy
 import json
@@ -9,12 +10,14 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from feature_extraction import decode, extract, i3d, inference, optical_flow, pipeline, vggish
+from feature_extraction import decode, extract, i3d, inference, int8, optical_flow, pipeline, vggish
 from feature_extraction.base import Extractor
 from feature_extraction.make_sample import make_clip
 
 MEAN_BAR, ROW_FLOOR = 0.995, 0.98  # bfloat16: mean row cosine to float32, and the lowest any row may have
+INT8_MEAN_BAR = 0.99  # int8: mean row cosine to float32 (the same floor)
 FOLDERS = ("resnet101", "clip", "vggish", "wav2clip", "wav2clip_track")
+VNNI_CPU = {"avx2", "avx512f", "avx512_bf16", "avx512_vnni"}
 
 
 def row_cosines(a, b):
@@ -24,13 +27,15 @@ def row_cosines(a, b):
 
 @pytest.fixture(scope="module")
 def clip_runs(weights_cache, tmp_path_factory):
-    """extract.py on a 4 s clip with a moving square, at --precision float32 and bfloat16: {precision: OUT}."""
+    """extract.py on a 4 s clip with a moving square, at --precision float32, bfloat16 and int8 (on a CPU said to
+    have bfloat16 and int8 units: oneDNN runs both on any x86 CPU, only slower): {precision: OUT}."""
     tmp = tmp_path_factory.mktemp("precision")
     clip = make_clip(tmp / "moving.mp4", seconds=4.0, width=160, height=120, motion=[(0.0, 4.0)])
     runs = {}
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("VMR_CACHE", str(weights_cache))
-        for precision in ("float32", "bfloat16"):
+        mp.setattr(inference, "cpu_flags", lambda: VNNI_CPU)
+        for precision in ("float32", "bfloat16", "int8"):
             out = runs[precision] = tmp / precision
             assert extract.main(["--videos", str(clip), "--out", str(out), "--weights", "random", "--precision",
                                  precision, "--features", "resnet", "clip", "vggish", "wav2clip"]) == 0
@@ -46,6 +51,53 @@ def test_bfloat16_rows_are_within_the_bar_of_float32(clip_runs, folder):
     for p in ("float32", "bfloat16"):
         options = json.loads((clip_runs[p] / folder / "_feature.json").read_text())["options"]
         assert options.get("precision", "float32") == p  # absent: float32, as in folders made before the flag
+
+
+@pytest.mark.parametrize("folder", ("resnet101", "vggish"))
+def test_int8_rows_are_within_the_int8_bar_of_float32(clip_runs, folder):
+    full, quantised = (np.load(clip_runs[p] / folder / "moving.npy") for p in ("float32", "int8"))
+    assert quantised.dtype == np.float32 and not np.array_equal(full, quantised)
+    cos = row_cosines(full, quantised)
+    assert cos.mean() >= INT8_MEAN_BAR and cos.min() >= ROW_FLOOR, (folder, cos)
+    assert json.loads((clip_runs["int8"] / folder / "_feature.json").read_text())["options"]["precision"] == "int8"
+
+
+def test_int8_runs_the_other_networks_as_auto_would(clip_runs):
+    for folder in ("clip", "wav2clip"):
+        options = json.loads((clip_runs["int8"] / folder / "_feature.json").read_text())["options"]
+        assert options["precision"] == "bfloat16"  # auto's pick on that CPU
+        assert np.array_equal(np.load(clip_runs["int8"] / folder / "moving.npy"),
+                              np.load(clip_runs["bfloat16"] / folder / "moving.npy"))
+
+
+def test_int8_ranges_are_calibrated_once_per_checkpoint(weights_cache, tmp_path):
+    """The ranges are kept beside the checkpoint with its sha256 and the calibration version; a file that
+    belongs to another checkpoint (or version) is redone. The calibration sets do not change between calls."""
+    checkpoint = tmp_path / "vggish-10086976.pth"
+    checkpoint.write_bytes((weights_cache / "random" / checkpoint.name).read_bytes())
+    (tmp_path / f"{checkpoint.name}.sha256").write_text("ab" * 32 + "\n")
+    calls = []
+
+    def compute():
+        calls.append(1)
+        return int8.vggish_ranges(vggish.load_model(checkpoint), int8.calibration_examples(vggish.log_mel))
+
+    first = int8.cached_ranges(checkpoint, compute)
+    assert int8.cached_ranges(checkpoint, compute) == first and len(calls) == 1
+    stored = json.loads((tmp_path / f"{checkpoint.name}.int8.json").read_text())
+    assert stored["checkpoint_sha256"] == "ab" * 32 and stored["calibration"] == int8.CALIBRATION
+    assert set(stored["ranges"]) == {f"conv{k}" for k in range(6)} | {f"linear{k}" for k in range(3)}
+    assert all(lo == 0 < hi for lo, hi in first.values())  # ReLU outputs
+    (tmp_path / f"{checkpoint.name}.sha256").write_text("cd" * 32 + "\n")  # another checkpoint
+    assert int8.cached_ranges(checkpoint, compute) == first and len(calls) == 2
+    mean, std = (0.5, 0.5, 0.5), (0.25, 0.25, 0.25)
+    assert torch.equal(int8.calibration_images(mean, std, n=2, size=32), int8.calibration_images(mean, std, n=2, size=32))
+
+
+def test_uint8_max_pool_equals_torch_max_pool():
+    x = torch.randint(0, 256, (2, 8, 7, 10), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
+    got = int8.max_pool_2x2(x.contiguous(memory_format=torch.channels_last))
+    assert torch.equal(got, F.max_pool2d(x, 2, 2)) and got.shape == (2, 8, 3, 5)
 
 
 def test_vggish_pca_runs_float32_because_bfloat16_changes_its_bytes(clip_runs, weights_cache, vmr_env):
@@ -106,17 +158,24 @@ def test_auto_picks_bfloat16_only_where_the_cpu_has_it(monkeypatch):
     assert inference.resolve("float16", "cuda", "clip") == "float16"
 
 
-def test_int8_and_float16_on_the_cpu_are_refused_in_one_line():
-    with pytest.raises(SystemExit, match="int8 is not offered: torch 2.14's int8 .* is deprecated") as e:
+def test_int8_and_float16_are_refused_where_they_cannot_run_in_one_line(monkeypatch):
+    monkeypatch.setattr(inference, "cpu_flags", lambda: {"avx2", "avx512f", "avx512_bf16"})
+    with pytest.raises(SystemExit, match="--precision int8 needs a CPU with int8 dot products") as e:
         inference.resolve("int8", "cpu", "resnet")
     assert "\n" not in str(e.value)
+    with pytest.raises(SystemExit, match="--precision int8 is for the CPU"):
+        inference.resolve("int8", "cuda", "resnet")
     with pytest.raises(SystemExit, match="--precision float16 needs --device cuda"):
         inference.resolve("float16", "cpu", "clip")
+    monkeypatch.setattr(inference, "cpu_flags", lambda: VNNI_CPU)
+    assert [inference.resolve("int8", "cpu", n) for n in ("resnet", "vggish", "clip", "wav2clip", "i3d")] == \
+        ["int8", "int8", "bfloat16", "bfloat16", "bfloat16"]
 
 
-def test_int8_refused_before_any_work(vmr_env, tmp_path):
+def test_int8_refused_before_any_work(vmr_env, tmp_path, monkeypatch):
+    monkeypatch.setattr(inference, "cpu_flags", lambda: {"avx2"})
     clip = make_clip(tmp_path / "a.mp4", seconds=1.0)
-    with pytest.raises(SystemExit, match="int8 is not offered"):
+    with pytest.raises(SystemExit, match="int8 needs a CPU with int8 dot products"):
         extract.main(["--videos", str(clip), "--out", str(tmp_path / "out"), "--features", "vggish",
                       "--weights", "random", "--precision", "int8"])
     assert not (tmp_path / "out").exists()
