@@ -183,8 +183,7 @@ def network_row(name, model, shape, checkpoint, n, batch, rounds, compile_too):
         start = time.perf_counter()
         variants[precision] = (inference.prepare(copy.deepcopy(model), "cpu", precision), batch)
         row[f"{precision}_prepare_s"] = round(time.perf_counter() - start, 2)
-    calibration = {"resnet101": lambda: int8.calibration_images(resnet.IMAGENET_MEAN, resnet.IMAGENET_STD),
-                   "vggish": lambda: int8.calibration_examples(vggish.log_mel)}.get(name)
+    calibration = {"resnet101": resnet.int8_calibration, "vggish": vggish.int8_calibration}.get(name)
     if calibration:  # int8.py's chains; the first prepare calibrates, the second reads the ranges
         for key in ("int8_calibrate_s", "int8_prepare_s"):
             start = time.perf_counter()

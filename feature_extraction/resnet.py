@@ -113,6 +113,11 @@ def write_random_checkpoint(path, seed, depth=101):
     return path
 
 
+def int8_calibration():
+    """--precision int8's calibration inputs: int8.calibration_images, normalised as ResNet's frames are."""
+    return int8.calibration_images(IMAGENET_MEAN, IMAGENET_STD)
+
+
 def add_arguments(parser):
     parser.add_argument("--resnet", type=int, choices=DEPTHS, default=101,
                         help="ResNet depth for the resnet token: 101 (default, what the original project used) "
@@ -132,8 +137,7 @@ def build(args):
 
     def load():
         if precision == "int8":
-            return int8.prepare(load_model(path, depth), path,
-                                lambda: int8.calibration_images(IMAGENET_MEAN, IMAGENET_STD))
+            return int8.prepare(load_model(path, depth), path, int8_calibration)
         return inference.prepare(load_model(path, depth), args.device, precision)
 
     return FramewiseExtractor("resnet", name, load, PREPROCESS, info, args.batch_size, args.device)

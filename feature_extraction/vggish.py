@@ -223,6 +223,11 @@ class VGGishExtractor(Extractor):
         return {f"{self.folder}/{self.vid}.npy": np.ascontiguousarray(rows[:t_audio], dtype=np.float32)}
 
 
+def int8_calibration():
+    """--precision int8's calibration inputs: int8.calibration_examples as VGGish's log-mel examples."""
+    return int8.calibration_examples(log_mel)
+
+
 def add_arguments(parser):
     parser.add_argument("--pca", action="store_true",
                         help="apply AudioSet's PCA, clipping and 8-bit quantisation to VGGish rows "
@@ -256,7 +261,7 @@ def build(args):
 
     def load():
         if precision == "int8":
-            return int8.prepare(load_model(path), path, lambda: int8.calibration_examples(log_mel))
+            return int8.prepare(load_model(path), path, int8_calibration)
         return inference.prepare(load_model(path), args.device, precision)
 
     return VGGishExtractor(load, postprocess, info, args.batch_size, args.device)

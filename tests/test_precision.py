@@ -80,7 +80,7 @@ def test_int8_ranges_are_calibrated_once_per_checkpoint(weights_cache, tmp_path)
 
     def compute():
         calls.append(1)
-        return int8.vggish_ranges(vggish.load_model(checkpoint), int8.calibration_examples(vggish.log_mel))
+        return int8.vggish_ranges(vggish.load_model(checkpoint), vggish.int8_calibration())
 
     first = int8.cached_ranges(checkpoint, compute)
     assert int8.cached_ranges(checkpoint, compute) == first and len(calls) == 1
